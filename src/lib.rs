@@ -1,0 +1,91 @@
+//! # candle-radam
+//!
+//! RAdam — Rectified Adam (Liu et al. 2019, *On the Variance of the Adaptive Learning Rate and
+//! Beyond*, [arXiv:1908.03265](https://arxiv.org/abs/1908.03265)) — as a
+//! [`candle_nn::Optimizer`], with one fused in-place pass per parameter: a vectorized,
+//! multi-threaded loop on CPU and hand-written multi-tensor kernels on CUDA (feature `cuda`).
+//! The numbers follow `torch.optim.RAdam` (tests pin them to it and to the original repository's
+//! `radam.py`).
+//!
+//! ## The algorithm
+//!
+//! With learning rate `lr` (alpha), decay rates `beta1`, `beta2`, `eps`, weight decay `wd`, and
+//! `rho_inf = 2 / (1 - beta2) - 1`, step `t = 1, 2, ...` does, for every parameter `p` with
+//! gradient `g`:
+//!
+//! ```text
+//! if wd != 0:  if decoupled: p = p * (1 - lr * wd)          (AdamW style; skipped on steps
+//!                                                            that leave p unchanged, see below)
+//!              else:         g = g + wd * p                 (L2)
+//! m_t     = beta1 * m_{t-1} + (1 - beta1) * g               (first moment)
+//! v_t     = beta2 * v_{t-1} + (1 - beta2) * g^2             (second moment)
+//! m_hat   = m_t / (1 - beta1^t)                             (bias correction)
+//! rho_t   = rho_inf - 2 t beta2^t / (1 - beta2^t)           (length of the approximated SMA)
+//! if rho_t > 5:                                             (variance is tractable)
+//!     r_t = sqrt( (rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t) )
+//!     p   = p - lr * m_hat * r_t * sqrt(1 - beta2^t) / (sqrt(v_t) + eps)
+//! else if degenerate_to_sgd:
+//!     p   = p - lr * m_hat                                  (SGD with momentum)
+//! else:
+//!     p unchanged                                           (moments still updated)
+//! ```
+//!
+//! As in torch and the original code, `eps` is added to the *uncorrected* `sqrt(v_t)`. With the
+//! default `beta2 = 0.999`, `rho_t <= 5` for steps 1 to 5 and the rectified branch starts at step 6.
+//!
+//! Everything that depends only on `t` (bias corrections, `rho_t`, `r_t`, the branch) is computed
+//! once per step on the host in `f64` ([`StepScalars`]); the per-element work is the five lines
+//! documented in [`rule`], shared by the CPU loop and the CUDA kernels.
+//!
+//! Options beyond torch's ([`ParamsRAdam`]): `degenerate_to_sgd = false` (the original
+//! repository's default); `rectify = false` (plain Adam / AdamW, torch semantics, the paper's
+//! baseline); `v_only_steps` (the paper's Adam-2k ablation); and [`NonFinite`], what to do with
+//! NaN / infinite gradients (by default an error that changes nothing).
+//!
+//! ## Dtypes
+//!
+//! f32 and f64 variables keep their moments in their own dtype. f16 and bf16 variables keep f32
+//! moments; the update is computed in f32 from the parameter's value and rounded back to the
+//! parameter's dtype (round to nearest even), as the original repository does. Gradients arrive in
+//! the parameter's dtype.
+//!
+//! ## Example
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{Optimizer, VarBuilder, VarMap, Module};
+//! use candle_radam::{ParamsRAdam, RAdam};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let dev = Device::Cpu;
+//! let varmap = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+//! let model = candle_nn::linear(3, 1, vb.pp("fc"))?;
+//! let mut opt = RAdam::from_varmap(&varmap, ParamsRAdam { lr: 1e-2, ..Default::default() })?;
+//!
+//! let x = Tensor::randn(0f32, 1., (64, 3), &dev)?;
+//! let y = x.sum_keepdim(1)?;
+//! for _ in 0..20 {
+//!     let loss = model.forward(&x)?.sub(&y)?.sqr()?.mean_all()?;
+//!     opt.backward_step(&loss)?;
+//! }
+//! assert_eq!(opt.step_count(), 20);
+//! # let dir = std::env::temp_dir().join(format!("radam-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! opt.save_state(dir.join("radam.safetensors"))?;   // resume later with load_state
+//! # Ok(()) }
+//! ```
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod moments;
+mod optimizer;
+mod params;
+pub mod rule;
+mod state;
+
+pub use moments::moment_dtype;
+pub use optimizer::RAdam;
+pub use params::{NonFinite, ParamsRAdam};
+pub use rule::{StepScalars, Update};

@@ -1,0 +1,213 @@
+// Fused multi-tensor RAdam step for candle-radam (compiled to PTX by build.rs).
+//
+// Layout follows llm.c's AdamW kernel: a device math function per element, a thin templated
+// kernel body, and `extern "C"` entry points per parameter dtype. The host "launcher" is the Rust
+// side (src/cuda.rs), which computes every step-dependent scalar in f64 (src/rule.rs,
+// `StepScalars`): the kernel never sees the step number t.
+//
+// Multi-tensor: one launch updates every tensor of one dtype. The host uploads a table of
+// `Entry` (one per non-empty tensor) followed by a block map (one u32 tensor index per CUDA
+// block). Block b updates elements [chunk*CHUNK, min(n, (chunk+1)*CHUNK)) of tensor map[b],
+// where chunk = b - entry.first_block, like torch's MultiTensorApply / apex's chunking.
+// Every element's param, grad, m and v are read once and param, m, v written once (param is not
+// written at all on a Frozen step). Indexing is 64-bit.
+//
+// Vector loads: when all four pointers of a tensor are 16-byte aligned (flag bit 0, checked on the
+// host), each thread moves VEC = 16 / sizeof(param) elements per iteration with 128-bit loads and
+// stores (the f32 moments of a 16-bit param take two 128-bit accesses); the last n % VEC elements
+// of a chunk and every element of an unaligned tensor take the scalar path.
+//
+// bf16 entry points need sm_80+ and only exist in PTX built for compute_80 or newer; the Rust side
+// checks the device's compute capability before asking for them.
+
+#include <stdint.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+// Elements per block (a multiple of every VEC); 4096 keeps small models spread over the SMs.
+#define RADAM_CHUNK 4096
+// Threads per block; src/cuda.rs launches with the same number.
+#define RADAM_THREADS 256
+
+// One tensor of the table. Must match `Entry` in src/cuda.rs (8 x u64 = 64 bytes).
+struct Entry {
+    uint64_t p;            // param device pointer (start offset applied)
+    uint64_t g;            // grad device pointer (start offset applied)
+    uint64_t m;            // first moment (f32, or f64 for f64 params)
+    uint64_t v;            // second moment (same dtype as m)
+    uint64_t n;            // element count (> 0)
+    uint64_t first_block;  // index of this tensor's first block in the launch
+    uint64_t flags;        // bit 0: p, g, m, v all 16-byte aligned; bit 1: g 16-byte aligned
+    uint64_t item;         // index of the tensor in the caller's list (non-finite flags)
+};
+
+// ---------------------------------------------------------------------------------------------
+// dtype plumbing: Storage <-> math type
+
+template <typename P> struct Traits;
+template <> struct Traits<float> {
+    typedef float Math;
+    __device__ static float load(float x) { return x; }
+    __device__ static float store(float x) { return x; }
+};
+template <> struct Traits<double> {
+    typedef double Math;
+    __device__ static double load(double x) { return x; }
+    __device__ static double store(double x) { return x; }
+};
+template <> struct Traits<__half> {
+    typedef float Math;
+    __device__ static float load(__half x) { return __half2float(x); }
+    __device__ static __half store(float x) { return __float2half_rn(x); }  // round to nearest even
+};
+template <> struct Traits<__nv_bfloat16> {
+    typedef float Math;
+    __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+    __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }  // nearest even
+};
+
+__device__ __forceinline__ float radam_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double radam_sqrt(double x) { return sqrt(x); }
+
+// Per-step scalars, already rounded to the math type on the host.
+template <typename S> struct Scalars {
+    S one_minus_beta1;  // 1 - beta1 (0 during v-only steps)
+    S beta2;            // second-moment decay
+    S one_minus_beta2;  // 1 - beta2
+    S step_size;        // lr * bias corrections * r_t
+    S eps;              // added to sqrt(v)
+    S l2;               // coupled weight decay (0 when decoupled)
+    S decay;            // decoupled decay multiplier (1 when coupled)
+};
+
+// ---------------------------------------------------------------------------------------------
+// The math of one element. `update`: 0 adaptive, 1 sgd, 2 frozen (uniform across the launch).
+// Returns the new param in the math type; m and v are updated in place. The expression order
+// matches the CPU path exactly (build.rs compiles with -fmad=false, so no FMA contraction).
+
+template <typename S>
+__device__ __forceinline__ S radam_elem(S p, S grad, S& m, S& v, const Scalars<S>& k, int update) {
+    S g = grad + k.l2 * p;                                  // L2 weight decay folded into the grad
+    m = m + k.one_minus_beta1 * (g - m);                    // first moment, torch's lerp form
+    v = k.beta2 * v + k.one_minus_beta2 * g * g;            // second moment
+    if (update == 0) {
+        return k.decay * p - k.step_size * m / (radam_sqrt(v) + k.eps);  // rectified adaptive step
+    } else if (update == 1) {
+        return k.decay * p - k.step_size * m;               // SGD with momentum (rho_t <= 5)
+    }
+    return p;                                               // frozen: param unchanged
+}
+
+// 16-byte vector of N elements of T (N * sizeof(T) is 16 or 32 bytes).
+template <typename T, int N> struct alignas(16) Vec { T x[N]; };
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* ptr) {
+    Vec<T, N> r;
+    const uint4* src = reinterpret_cast<const uint4*>(ptr);
+    uint4* dst = reinterpret_cast<uint4*>(&r);
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(Vec<T, N>) / 16); i++) dst[i] = src[i];
+    return r;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* ptr, const Vec<T, N>& r) {
+    uint4* dst = reinterpret_cast<uint4*>(ptr);
+    const uint4* src = reinterpret_cast<const uint4*>(&r);
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(Vec<T, N>) / 16); i++) dst[i] = src[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel body: P param/grad storage type, M moment type (= math type).
+
+template <typename P>
+__device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
+                                         const uint32_t* __restrict__ block_map,
+                                         const Scalars<typename Traits<P>::Math> k, int update) {
+    typedef typename Traits<P>::Math M;
+    constexpr int VEC = 16 / sizeof(P);
+    const Entry e = table[block_map[blockIdx.x]];
+    P* __restrict__ p = reinterpret_cast<P*>(e.p);
+    const P* __restrict__ g = reinterpret_cast<const P*>(e.g);
+    M* __restrict__ m = reinterpret_cast<M*>(e.m);
+    M* __restrict__ v = reinterpret_cast<M*>(e.v);
+    const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
+    const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    uint64_t scalar_from = start;
+
+    if (e.flags & 1) {
+        const uint64_t vec_end = start + (end - start) / VEC * VEC;
+        for (uint64_t i = start + (uint64_t)threadIdx.x * VEC; i < vec_end;
+             i += (uint64_t)blockDim.x * VEC) {
+            Vec<P, VEC> pv = load_vec<P, VEC>(p + i);
+            const Vec<P, VEC> gv = load_vec<P, VEC>(g + i);
+            Vec<M, VEC> mv = load_vec<M, VEC>(m + i);
+            Vec<M, VEC> vv = load_vec<M, VEC>(v + i);
+#pragma unroll
+            for (int j = 0; j < VEC; j++) {
+                const M pn = radam_elem<M>(Traits<P>::load(pv.x[j]), Traits<P>::load(gv.x[j]),
+                                           mv.x[j], vv.x[j], k, update);
+                pv.x[j] = Traits<P>::store(pn);
+            }
+            if (update != 2) store_vec<P, VEC>(p + i, pv);
+            store_vec<M, VEC>(m + i, mv);
+            store_vec<M, VEC>(v + i, vv);
+        }
+        scalar_from = vec_end;
+    }
+    for (uint64_t i = scalar_from + threadIdx.x; i < end; i += blockDim.x) {
+        M mi = m[i], vi = v[i];
+        const M pn = radam_elem<M>(Traits<P>::load(p[i]), Traits<P>::load(g[i]), mi, vi, k, update);
+        if (update != 2) p[i] = Traits<P>::store(pn);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// Non-finite check: sets flags[item] = 1 when the grad chunk holds a NaN or an infinity.
+// Works on the raw bits (all exponent bits set), so it needs no conversion and no sm_80 for bf16.
+template <typename U, U EXP_MASK>
+__device__ __forceinline__ void radam_check(const Entry* __restrict__ table,
+                                            const uint32_t* __restrict__ block_map,
+                                            uint32_t* __restrict__ flags) {
+    const Entry e = table[block_map[blockIdx.x]];
+    const U* __restrict__ g = reinterpret_cast<const U*>(e.g);
+    const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
+    const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    bool bad = false;
+    for (uint64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        bad |= (g[i] & EXP_MASK) == EXP_MASK;  // exponent all ones: inf or NaN
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) flags[e.item] = 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points (one per param dtype). Scalars are passed by value, rounded to the math type.
+
+#define RADAM_ENTRY(NAME, P, S)                                                                \
+    extern "C" __global__ void __launch_bounds__(RADAM_THREADS)                                \
+    NAME(const Entry* table, const uint32_t* block_map, S one_minus_beta1, S beta2,            \
+         S one_minus_beta2, S step_size, S eps, S l2, S decay, int update) {                   \
+        const Scalars<S> k = {one_minus_beta1, beta2, one_minus_beta2, step_size, eps, l2, decay}; \
+        radam_mt<P>(table, block_map, k, update);                                              \
+    }
+
+RADAM_ENTRY(radam_mt_f32, float, float)
+RADAM_ENTRY(radam_mt_f64, double, double)
+RADAM_ENTRY(radam_mt_f16, __half, float)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+RADAM_ENTRY(radam_mt_bf16, __nv_bfloat16, float)
+#endif
+
+#define RADAM_CHECK_ENTRY(NAME, U, MASK)                                                        \
+    extern "C" __global__ void __launch_bounds__(RADAM_THREADS)                                \
+    NAME(const Entry* table, const uint32_t* block_map, uint32_t* flags) {                     \
+        radam_check<U, MASK>(table, block_map, flags);                                         \
+    }
+
+RADAM_CHECK_ENTRY(radam_check_b16h, uint16_t, (uint16_t)0x7c00u)            // f16
+RADAM_CHECK_ENTRY(radam_check_b16b, uint16_t, (uint16_t)0x7f80u)            // bf16
+RADAM_CHECK_ENTRY(radam_check_b32, uint32_t, 0x7f800000u)                  // f32
+RADAM_CHECK_ENTRY(radam_check_b64, uint64_t, 0x7ff0000000000000ull)        // f64

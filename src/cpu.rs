@@ -1,0 +1,335 @@
+//! CPU path: one fused, in-place pass over (param, grad, m, v) per variable.
+//!
+//! The pass runs inside candle's in-place custom-op machinery (`Tensor::inplace_op2`), which takes
+//! the param's storage write lock and the grad's read lock, so no temporary tensor is made and no
+//! `Var::set` happens. Large tensors are split into chunks that rayon spreads over the cores; the
+//! inner loop is branch-free per element so the compiler turns it into SIMD. f16/bf16 params are
+//! converted to f32 in blocks (half's bulk conversions), updated, and rounded back to nearest even.
+
+use candle_core::{backend::BackendStorage, bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+use crate::rule::{StepScalars, Update};
+
+/// Elements per rayon task: large enough to amortize scheduling, small enough to balance.
+const CHUNK: usize = 1 << 15;
+/// Elements converted at a time for half types (stack buffers stay in L1).
+const HALF_BLOCK: usize = 256;
+
+/// The moment buffers of one CPU variable.
+pub(crate) enum CpuMoments {
+    F32 { m: Vec<f32>, v: Vec<f32> },
+    F64 { m: Vec<f64>, v: Vec<f64> },
+}
+
+impl CpuMoments {
+    pub(crate) fn zeros(n: usize, dtype: DType) -> Self {
+        match dtype {
+            DType::F64 => Self::F64 { m: vec![0.0; n], v: vec![0.0; n] },
+            _ => Self::F32 { m: vec![0.0; n], v: vec![0.0; n] },
+        }
+    }
+
+    pub(crate) fn to_tensors(&self) -> Result<(Tensor, Tensor)> {
+        let dev = candle_core::Device::Cpu;
+        Ok(match self {
+            Self::F32 { m, v } => (Tensor::from_slice(m, m.len(), &dev)?, Tensor::from_slice(v, v.len(), &dev)?),
+            Self::F64 { m, v } => (Tensor::from_slice(m, m.len(), &dev)?, Tensor::from_slice(v, v.len(), &dev)?),
+        })
+    }
+
+    /// From flat CPU tensors of the moment dtype.
+    pub(crate) fn from_tensors(m: &Tensor, v: &Tensor) -> Result<Self> {
+        Ok(match m.dtype() {
+            DType::F64 => Self::F64 { m: m.to_vec1()?, v: v.to_vec1()? },
+            _ => Self::F32 { m: m.to_vec1()?, v: v.to_vec1()? },
+        })
+    }
+}
+
+/// Arithmetic the update needs, for the two compute types.
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    fn of(x: f64) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// The step scalars converted once to the compute type.
+#[derive(Clone, Copy)]
+struct Coeffs<C> {
+    update: Update,
+    beta2: C,
+    one_minus_beta1: C,
+    one_minus_beta2: C,
+    step_size: C,
+    eps: C,
+    l2: C,
+    decay: C,
+}
+
+impl<C: Real> Coeffs<C> {
+    fn new(k: &StepScalars) -> Self {
+        Self {
+            update: k.update,
+            beta2: C::of(k.beta2),
+            one_minus_beta1: C::of(k.one_minus_beta1),
+            one_minus_beta2: C::of(k.one_minus_beta2),
+            step_size: C::of(k.step_size),
+            eps: C::of(k.eps),
+            l2: C::of(k.l2),
+            decay: C::of(k.decay),
+        }
+    }
+}
+
+/// The rule on contiguous compute-type slices of equal length. `UPDATE` is the [`Update`]
+/// discriminant, a constant so that each branch compiles to its own straight vector loop.
+#[inline(always)]
+fn fused<C: Real, const UPDATE: u8>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [C], k: &Coeffs<C>) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let g = g[i] + k.l2 * p[i]; // L2 weight decay (l2 = 0 when decoupled)
+        let mi = m[i] + k.one_minus_beta1 * (g - m[i]); // first moment, lerp form as torch
+        let vi = k.beta2 * v[i] + k.one_minus_beta2 * g * g; // second moment
+        m[i] = mi;
+        v[i] = vi;
+        if UPDATE == Update::Adaptive as u8 {
+            p[i] = k.decay * p[i] - k.step_size * mi / (vi.sqrt() + k.eps); // rectified step
+        } else if UPDATE == Update::Sgd as u8 {
+            p[i] = k.decay * p[i] - k.step_size * mi; // SGD with momentum on m_hat
+        }
+    }
+}
+
+#[inline(always)]
+fn dispatch<C: Real>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [C], k: &Coeffs<C>) {
+    match k.update {
+        Update::Adaptive => fused::<C, { Update::Adaptive as u8 }>(p, g, m, v, k),
+        Update::Sgd => fused::<C, { Update::Sgd as u8 }>(p, g, m, v, k),
+        Update::Frozen => fused::<C, { Update::Frozen as u8 }>(p, g, m, v, k),
+    }
+}
+
+/// A param element type: how its slices are found in candle's storage, how a chunk is updated,
+/// and how non-finite values are spotted.
+trait Element: Copy + Send + Sync + 'static {
+    type Acc: Real;
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
+    fn moments(mo: &mut CpuMoments) -> Option<(&mut [Self::Acc], &mut [Self::Acc])>;
+    fn update(p: &mut [Self], g: &[Self], m: &mut [Self::Acc], v: &mut [Self::Acc], k: &Coeffs<Self::Acc>);
+    /// True if any element is a NaN or an infinity (exponent bits all ones), branch-free.
+    fn any_nonfinite(x: &[Self]) -> bool;
+}
+
+macro_rules! storage_access {
+    ($variant:ident) => {
+        fn slice(s: &CpuStorage) -> Option<&[Self]> {
+            match s {
+                CpuStorage::$variant(v) => Some(v),
+                _ => None,
+            }
+        }
+        fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
+            match s {
+                CpuStorage::$variant(v) => Some(v),
+                _ => None,
+            }
+        }
+    };
+}
+
+macro_rules! nonfinite_by_bits {
+    ($bits:ty, $mask:expr) => {
+        fn any_nonfinite(x: &[Self]) -> bool {
+            // OR-reduce "exponent is all ones" over the slice: vectorizes, no early exit per item.
+            x.chunks(1024).any(|c| c.iter().fold(false, |acc, e| acc | (e.to_bits() & $mask == $mask)))
+        }
+    };
+}
+
+impl Element for f32 {
+    type Acc = f32;
+    storage_access!(F32);
+    nonfinite_by_bits!(u32, 0x7f80_0000u32);
+    fn moments(mo: &mut CpuMoments) -> Option<(&mut [f32], &mut [f32])> {
+        match mo {
+            CpuMoments::F32 { m, v } => Some((m, v)),
+            _ => None,
+        }
+    }
+    fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>) {
+        dispatch(p, g, m, v, k)
+    }
+}
+
+impl Element for f64 {
+    type Acc = f64;
+    storage_access!(F64);
+    nonfinite_by_bits!(u64, 0x7ff0_0000_0000_0000u64);
+    fn moments(mo: &mut CpuMoments) -> Option<(&mut [f64], &mut [f64])> {
+        match mo {
+            CpuMoments::F64 { m, v } => Some((m, v)),
+            _ => None,
+        }
+    }
+    fn update(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], k: &Coeffs<f64>) {
+        dispatch(p, g, m, v, k)
+    }
+}
+
+/// f16 / bf16: convert a block to f32, run the f32 rule, round back (nearest even).
+fn update_half<H>(p: &mut [H], g: &[H], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>)
+where
+    [H]: HalfFloatSliceExt,
+{
+    let mut pf = [0f32; HALF_BLOCK];
+    let mut gf = [0f32; HALF_BLOCK];
+    for (((p, g), m), v) in p
+        .chunks_mut(HALF_BLOCK)
+        .zip(g.chunks(HALF_BLOCK))
+        .zip(m.chunks_mut(HALF_BLOCK))
+        .zip(v.chunks_mut(HALF_BLOCK))
+    {
+        let n = p.len();
+        p.convert_to_f32_slice(&mut pf[..n]);
+        g.convert_to_f32_slice(&mut gf[..n]);
+        dispatch(&mut pf[..n], &gf[..n], m, v, k);
+        p.convert_from_f32_slice(&pf[..n]);
+    }
+}
+
+macro_rules! half_element {
+    ($t:ty, $variant:ident, $mask:expr) => {
+        impl Element for $t {
+            type Acc = f32;
+            storage_access!($variant);
+            nonfinite_by_bits!(u16, $mask);
+            fn moments(mo: &mut CpuMoments) -> Option<(&mut [f32], &mut [f32])> {
+                <f32 as Element>::moments(mo)
+            }
+            fn update(p: &mut [$t], g: &[$t], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>) {
+                update_half(p, g, m, v, k)
+            }
+        }
+    };
+}
+half_element!(f16, F16, 0x7c00u16);
+half_element!(bf16, BF16, 0x7f80u16);
+
+/// The contiguous `[start, end)` element range of a layout, or an error (never a silent misread).
+fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
+    match l.contiguous_offsets() {
+        Some(r) => Ok(r),
+        None => bail!("RAdam: {what} is not contiguous"),
+    }
+}
+
+/// Splits a large slice into rayon tasks; small ones run inline.
+fn par_update<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
+    if p.len() <= CHUNK {
+        T::update(p, g, m, v, k);
+    } else {
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| T::update(p, g, m, v, k));
+    }
+}
+
+/// The in-place op: param is the destination, grad the source, the moments ride along.
+struct StepOp<'a> {
+    moments: Mutex<&'a mut CpuMoments>,
+    k: &'a StepScalars,
+}
+
+impl StepOp<'_> {
+    fn run<T: Element>(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> Result<()> {
+        let (ps, pe) = span(dl, "parameter")?;
+        let (gs, ge) = span(sl, "gradient")?;
+        let (Some(p), Some(g)) = (T::slice_mut(dst), T::slice(src)) else {
+            bail!("RAdam: parameter / gradient dtype mismatch")
+        };
+        let mut mo = self.moments.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((m, v)) = T::moments(&mut mo) else { bail!("RAdam: moment dtype mismatch") };
+        let (p, g) = (&mut p[ps..pe], &g[gs..ge]);
+        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+            bail!("RAdam: parameter, gradient and moments differ in length");
+        }
+        par_update::<T>(p, g, m, v, &Coeffs::new(self.k));
+        Ok(())
+    }
+}
+
+impl InplaceOp2 for StepOp<'_> {
+    fn name(&self) -> &'static str {
+        "radam-step"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> Result<()> {
+        match dst {
+            CpuStorage::F32(_) => self.run::<f32>(dst, dl, src, sl),
+            CpuStorage::F64(_) => self.run::<f64>(dst, dl, src, sl),
+            CpuStorage::F16(_) => self.run::<f16>(dst, dl, src, sl),
+            CpuStorage::BF16(_) => self.run::<bf16>(dst, dl, src, sl),
+            other => bail!("RAdam: unsupported parameter dtype {:?}", other.dtype()),
+        }
+    }
+}
+
+/// One step for one CPU variable. The caller has checked shapes, dtypes, devices, contiguity and
+/// that `grad` does not share `param`'s storage.
+pub(crate) fn step(param: &Tensor, grad: &Tensor, moments: &mut CpuMoments, k: &StepScalars) -> Result<()> {
+    param.inplace_op2(grad, &StepOp { moments: Mutex::new(moments), k })
+}
+
+/// True if a contiguous CPU gradient holds a NaN or an infinity (parallel over chunks).
+pub(crate) fn any_nonfinite(grad: &Tensor) -> Result<bool> {
+    fn scan<T: Element>(s: &CpuStorage, (a, b): (usize, usize)) -> Result<bool> {
+        let Some(x) = T::slice(s) else { bail!("RAdam: gradient dtype mismatch") };
+        Ok(x[a..b].par_chunks(CHUNK).any(T::any_nonfinite))
+    }
+    let (storage, layout) = grad.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else { bail!("RAdam: expected a CPU gradient") };
+    let r = span(layout, "gradient")?;
+    match grad.dtype() {
+        DType::F32 => scan::<f32>(s, r),
+        DType::F64 => scan::<f64>(s, r),
+        DType::F16 => scan::<f16>(s, r),
+        DType::BF16 => scan::<bf16>(s, r),
+        other => bail!("RAdam: unsupported gradient dtype {other:?}"),
+    }
+}

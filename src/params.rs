@@ -1,0 +1,105 @@
+//! Hyper-parameters of [`crate::RAdam`] and their validation.
+
+use candle_core::{bail, Result};
+
+/// What [`crate::RAdam::step`] does when a gradient holds a NaN or an infinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Return an error naming the first offending variable; no parameter, moment or the step
+    /// counter is changed (the default).
+    #[default]
+    Error,
+    /// Skip the whole step silently (parameters, moments and the step counter unchanged) and count
+    /// it in [`crate::RAdam::skipped_steps`]. This is what dynamic loss scaling wants.
+    Skip,
+    /// Do not look: the update runs on whatever the gradient holds, as `torch.optim.RAdam` does.
+    /// Saves one read of every gradient per step (and, on CUDA, a device-to-host sync).
+    Propagate,
+}
+
+/// Hyper-parameters of [`crate::RAdam`].
+///
+/// The defaults are those of `torch.optim.RAdam`. Use struct update syntax to change a few:
+///
+/// ```
+/// use candle_radam::ParamsRAdam;
+/// let p = ParamsRAdam { lr: 3e-4, weight_decay: 0.01, decoupled_weight_decay: true, ..Default::default() };
+/// assert!(p.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamsRAdam {
+    /// Learning rate (alpha_t in the paper), `>= 0`.
+    pub lr: f64,
+    /// Decay rate of the first moment, in `[0, 1)`.
+    pub beta1: f64,
+    /// Decay rate of the second moment, in `[0, 1)`; `rho_inf = 2 / (1 - beta2) - 1`.
+    pub beta2: f64,
+    /// Added to `sqrt(v_t)` (the *uncorrected* second moment, as torch and the original code do),
+    /// `>= 0`.
+    pub eps: f64,
+    /// Weight decay factor, `>= 0`. L2 (added to the gradient) unless `decoupled_weight_decay`.
+    pub weight_decay: f64,
+    /// Decoupled weight decay (AdamW style): the parameter is scaled by `1 - lr * weight_decay`.
+    pub decoupled_weight_decay: bool,
+    /// While `rho_t <= 5` take an SGD-with-momentum step `lr * m_hat` (true, torch's behaviour)
+    /// or leave the parameters untouched (false, the original repository's default).
+    pub degenerate_to_sgd: bool,
+    /// Apply the variance rectification (true). With `false` this is plain Adam / AdamW with
+    /// torch's semantics (`eps` added to the bias-corrected `sqrt(v_hat)`), which the examples use
+    /// as the paper's baseline.
+    pub rectify: bool,
+    /// For the first `v_only_steps` steps only the second moment is updated: no parameter or
+    /// first-moment change (the paper's "Adam-2k" ablation, with 2000 steps). The first-moment
+    /// bias correction then counts only the steps that updated it. 0 (the default) disables it.
+    pub v_only_steps: u64,
+    /// What to do with NaN / infinite gradients.
+    pub non_finite: NonFinite,
+}
+
+impl Default for ParamsRAdam {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled_weight_decay: false,
+            degenerate_to_sgd: true,
+            rectify: true,
+            v_only_steps: 0,
+            non_finite: NonFinite::Error,
+        }
+    }
+}
+
+impl ParamsRAdam {
+    /// Plain Adam (no rectification) with torch's `Adam` defaults for the other fields.
+    pub fn adam() -> Self {
+        Self { rectify: false, ..Default::default() }
+    }
+
+    /// Checks every hyper-parameter; the error names the field and the value.
+    pub fn validate(&self) -> Result<()> {
+        check_lr(self.lr)?;
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("RAdam: {name} must be in [0, 1), got {b}");
+            }
+        }
+        for (name, x) in [("eps", self.eps), ("weight_decay", self.weight_decay)] {
+            if !(x >= 0.0 && x.is_finite()) {
+                bail!("RAdam: {name} must be finite and >= 0, got {x}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates a learning rate (also used by `set_learning_rate`).
+pub(crate) fn check_lr(lr: f64) -> Result<()> {
+    if !(lr >= 0.0 && lr.is_finite()) {
+        bail!("RAdam: lr must be finite and >= 0, got {lr}");
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The per-step scalars of the update rule, computed once per step on the host in `f64` and
+//! shared by the CPU loop and the CUDA kernels, which never see `t`.
+//!
+//! Every element then follows the same five lines (see [`crate`] docs for the derivation):
+//!
+//! ```text
+//! g = grad + l2 * p                          // L2 weight decay (0 when decoupled)
+//! m = m + (1 - beta1) * (g - m)              // first moment (torch's lerp form)
+//! v = beta2 * v + (1 - beta2) * g * g        // second moment
+//! Adaptive: p = decay * p - step_size * m / (sqrt(v) + eps)
+//! Sgd:      p = decay * p - step_size * m
+//! Frozen:   p unchanged
+//! ```
+
+use crate::params::ParamsRAdam;
+
+/// How the parameters move on one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Update {
+    /// The rectified (or, with `rectify = false`, plain Adam) adaptive step.
+    Adaptive = 0,
+    /// SGD with momentum on the bias-corrected first moment (`rho_t <= 5`, `degenerate_to_sgd`).
+    Sgd = 1,
+    /// No parameter change (`rho_t <= 5` without `degenerate_to_sgd`, or a `v_only_steps` step).
+    Frozen = 2,
+}
+
+/// Everything that depends only on the step number `t` and the hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScalars {
+    /// The step being taken, 1-based.
+    pub t: u64,
+    /// Length of the approximated simple moving average, `rho_t`.
+    pub rho_t: f64,
+    /// Its limit `rho_inf = 2 / (1 - beta2) - 1`.
+    pub rho_inf: f64,
+    /// Variance rectification term `r_t` (1 when not rectifying, NaN when `rho_t <= 5`).
+    pub r_t: f64,
+    /// Which branch the parameters take.
+    pub update: Update,
+    /// Effective first-moment decay: `beta1`, or 1 (moment frozen) during `v_only_steps`.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// `1 - beta1` (the effective one), computed in f64.
+    pub one_minus_beta1: f64,
+    /// `1 - beta2`, computed in f64.
+    pub one_minus_beta2: f64,
+    /// Multiplier of `m` in the parameter update (includes `lr`, the bias corrections and `r_t`).
+    pub step_size: f64,
+    /// Added to `sqrt(v)`: `eps` for RAdam, `eps * sqrt(1 - beta2^t)` for plain Adam.
+    pub eps: f64,
+    /// L2 coefficient added to the gradient (`weight_decay`, or 0 when decoupled).
+    pub l2: f64,
+    /// Parameter multiplier before the update: `1 - lr * weight_decay` when decoupled, else 1.
+    pub decay: f64,
+}
+
+/// `rho_t` below or at this value means the variance of the adaptive rate is intractable
+/// (`> 5` as in torch; the original code uses `>= 5`, which differs only if `rho_t` is exactly 5).
+pub const RHO_THRESHOLD: f64 = 5.0;
+
+impl StepScalars {
+    /// The scalars for step `t` (1-based) under `p`.
+    pub fn new(p: &ParamsRAdam, t: u64) -> Self {
+        debug_assert!(t >= 1);
+        let tf = t as f64;
+        let beta2_t = p.beta2.powf(tf);
+        let bc2 = 1.0 - beta2_t;
+        let rho_inf = 2.0 / (1.0 - p.beta2) - 1.0;
+        let rho_t = rho_inf - 2.0 * tf * beta2_t / bc2;
+
+        // During the v-only phase the first moment is frozen (beta1 = 1) and its bias correction
+        // afterwards counts only the steps that updated it.
+        let v_only = t <= p.v_only_steps;
+        let beta1 = if v_only { 1.0 } else { p.beta1 };
+        let t_m = t.saturating_sub(p.v_only_steps).max(1) as f64;
+        let bc1 = 1.0 - p.beta1.powf(t_m);
+
+        let (update, r_t, step_size, eps) = if v_only {
+            (Update::Frozen, f64::NAN, 0.0, p.eps)
+        } else if !p.rectify {
+            // torch Adam: lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), rewritten so that eps is
+            // added to the uncorrected sqrt(v) like the rectified branch.
+            (Update::Adaptive, 1.0, p.lr * bc2.sqrt() / bc1, p.eps * bc2.sqrt())
+        } else if rho_t > RHO_THRESHOLD {
+            let r_t = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                .sqrt();
+            (Update::Adaptive, r_t, p.lr * r_t * bc2.sqrt() / bc1, p.eps)
+        } else if p.degenerate_to_sgd {
+            (Update::Sgd, f64::NAN, p.lr / bc1, p.eps)
+        } else {
+            (Update::Frozen, f64::NAN, 0.0, p.eps)
+        };
+
+        let decoupled = p.decoupled_weight_decay && p.weight_decay != 0.0;
+        let decay = if decoupled && update != Update::Frozen { 1.0 - p.lr * p.weight_decay } else { 1.0 };
+        let l2 = if p.decoupled_weight_decay { 0.0 } else { p.weight_decay };
+
+        Self {
+            t,
+            rho_t,
+            rho_inf,
+            r_t,
+            update,
+            beta1,
+            beta2: p.beta2,
+            one_minus_beta1: 1.0 - beta1,
+            one_minus_beta2: 1.0 - p.beta2,
+            step_size,
+            eps,
+            l2,
+            decay,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_switches_at_step_6_for_default_beta2() {
+        let p = ParamsRAdam::default();
+        for t in 1..=5 {
+            let s = StepScalars::new(&p, t);
+            assert_eq!(s.update, Update::Sgd, "t = {t}, rho_t = {}", s.rho_t);
+        }
+        let s6 = StepScalars::new(&p, 6);
+        assert_eq!(s6.update, Update::Adaptive);
+        assert!(s6.rho_t > 5.0 && s6.rho_t < 6.0, "{}", s6.rho_t);
+        // r_t rises towards 1.
+        let late = StepScalars::new(&p, 100_000);
+        assert!((late.r_t - 1.0).abs() < 1e-6);
+        assert!((late.rho_t - late.rho_inf).abs() < 1e-6);
+    }
+
+    #[test]
+    fn frozen_without_degenerate_and_decay_skipped() {
+        let p = ParamsRAdam {
+            degenerate_to_sgd: false,
+            weight_decay: 0.1,
+            decoupled_weight_decay: true,
+            ..Default::default()
+        };
+        let s = StepScalars::new(&p, 3);
+        assert_eq!((s.update, s.decay, s.l2), (Update::Frozen, 1.0, 0.0));
+        let s = StepScalars::new(&p, 7);
+        assert_eq!(s.update, Update::Adaptive);
+        assert!((s.decay - (1.0 - 1e-4)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn v_only_phase_freezes_first_moment() {
+        let p = ParamsRAdam { rectify: false, v_only_steps: 3, ..Default::default() };
+        let s = StepScalars::new(&p, 3);
+        assert_eq!((s.update, s.beta1, s.one_minus_beta1), (Update::Frozen, 1.0, 0.0));
+        let s = StepScalars::new(&p, 4);
+        assert_eq!(s.update, Update::Adaptive);
+        // First update of m: bc1 = 1 - beta1.
+        let bc2 = 1.0 - 0.999f64.powi(4);
+        assert!((s.step_size - 1e-3 * bc2.sqrt() / 0.1).abs() < 1e-15);
+    }
+
+    #[test]
+    fn small_beta2_never_rectifies() {
+        let p = ParamsRAdam { beta2: 0.5, ..Default::default() };
+        for t in [1, 10, 1000] {
+            assert_eq!(StepScalars::new(&p, t).update, Update::Sgd);
+        }
+    }
+}
