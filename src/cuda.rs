@@ -1,24 +1,119 @@
-//! CUDA path: fused multi-tensor kernels from `kernels/radam.cu` (STUB — being written).
+//! CUDA path: fused multi-tensor kernels from `kernels/radam.cu`, compiled to PTX by `build.rs`.
+//!
+//! One step costs, per device: one small host-to-device copy (the tensor table and block map of
+//! every dtype at once) and one kernel launch per param dtype present (at most four), whatever the
+//! number of tensors. The non-finite check ([`first_nonfinite`]) costs one more table copy, one
+//! launch per dtype and one 4-byte-per-tensor device-to-host readback, which waits for the stream.
+//!
+//! Params are written through raw device pointers taken under candle's storage *read* guard: no
+//! Rust reference to device memory is ever mutated (the memory is only touched by the kernel), the
+//! guard keeps the allocation alive and un-moved until the launch is queued, and every launch goes
+//! on candle's own stream for the device (`CudaDevice::cuda_stream`), so it is ordered after the
+//! backward pass that produced the grads and before any later candle op that reads the params.
+//! The caller guarantees that a grad never shares storage with its param.
 
-use candle_core::{bail, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{bail, CudaDevice, DType, Device, Result, Storage, Tensor};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop};
 
 use crate::rule::StepScalars;
 
+/// The base PTX (no bf16 kernels), JIT-compiled by the driver for any supported GPU.
+const PTX_BASE: &str = include_str!(concat!(env!("OUT_DIR"), "/radam.ptx"));
+/// The PTX for compute capability `HI_ARCH` and newer, with the bf16 kernels.
+const PTX_HI: &str = include_str!(concat!(env!("OUT_DIR"), "/radam_sm80.ptx"));
+include!(concat!(env!("OUT_DIR"), "/ptx_arch.rs"));
+
+/// Elements per block and threads per block: must match `RADAM_CHUNK` / `RADAM_THREADS`.
+const CHUNK: u64 = 4096;
+const THREADS: u32 = 256;
+/// u64 words per table entry (`struct Entry` in the kernel).
+const ENTRY_WORDS: usize = 8;
+
+fn w<T, E: std::fmt::Display + Send + Sync + 'static>(r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(candle_core::Error::wrap)
+}
+
+/// The moment buffers of one variable.
+enum Buffers {
+    F32(CudaSlice<f32>, CudaSlice<f32>),
+    F64(CudaSlice<f64>, CudaSlice<f64>),
+    /// A variable with no element: nothing is allocated (and nothing launched for it).
+    Empty(DType),
+}
+
 /// `m` and `v` of one variable in device memory (moment dtype: f32, or f64 for f64 params).
-pub(crate) struct CudaMoments {}
+pub(crate) struct CudaMoments {
+    dev: CudaDevice,
+    n: usize,
+    bufs: Buffers,
+}
+
+fn cuda_device(t: &Tensor) -> Result<&CudaDevice> {
+    match t.device() {
+        Device::Cuda(d) => Ok(d),
+        other => bail!("RAdam: expected a CUDA tensor, got one on {other:?}"),
+    }
+}
 
 impl CudaMoments {
     /// Zero moments for `param` (a CUDA tensor), on its device.
-    pub(crate) fn zeros(_param: &Tensor) -> Result<Self> {
-        bail!("RAdam: the CUDA path is not implemented yet")
+    pub(crate) fn zeros(param: &Tensor) -> Result<Self> {
+        let dev = cuda_device(param)?.clone();
+        let n = param.elem_count();
+        let dtype = crate::moments::moment_dtype(param.dtype())?;
+        let bufs = match (n, dtype) {
+            (0, d) => Buffers::Empty(d),
+            (_, DType::F64) => Buffers::F64(dev.alloc_zeros(n)?, dev.alloc_zeros(n)?),
+            _ => Buffers::F32(dev.alloc_zeros(n)?, dev.alloc_zeros(n)?),
+        };
+        Ok(Self { dev, n, bufs })
     }
+
     /// Moments for `param` from flat CPU tensors `m`, `v` (moment dtype, `param.elem_count()` long).
-    pub(crate) fn from_tensors(_param: &Tensor, _m: &Tensor, _v: &Tensor) -> Result<Self> {
-        bail!("RAdam: the CUDA path is not implemented yet")
+    pub(crate) fn from_tensors(param: &Tensor, m: &Tensor, v: &Tensor) -> Result<Self> {
+        let dev = cuda_device(param)?.clone();
+        let n = param.elem_count();
+        let dtype = crate::moments::moment_dtype(param.dtype())?;
+        for (name, t) in [("m", m), ("v", v)] {
+            if t.elem_count() != n || t.dtype() != dtype {
+                bail!(
+                    "RAdam: moment {name} has {} {:?} elements, expected {n} {dtype:?}",
+                    t.elem_count(),
+                    t.dtype()
+                );
+            }
+        }
+        let (m, v) = (m.flatten_all()?, v.flatten_all()?);
+        let bufs = match (n, dtype) {
+            (0, d) => Buffers::Empty(d),
+            (_, DType::F64) => Buffers::F64(
+                dev.clone_htod(&m.to_vec1::<f64>()?)?,
+                dev.clone_htod(&v.to_vec1::<f64>()?)?,
+            ),
+            _ => Buffers::F32(
+                dev.clone_htod(&m.to_vec1::<f32>()?)?,
+                dev.clone_htod(&v.to_vec1::<f32>()?)?,
+            ),
+        };
+        Ok(Self { dev, n, bufs })
     }
+
     /// The moments as flat CPU tensors.
     pub(crate) fn to_tensors(&self) -> Result<(Tensor, Tensor)> {
-        bail!("RAdam: the CUDA path is not implemented yet")
+        let cpu = Device::Cpu;
+        Ok(match &self.bufs {
+            Buffers::F32(m, v) => (
+                Tensor::from_vec(self.dev.clone_dtoh(m)?, self.n, &cpu)?,
+                Tensor::from_vec(self.dev.clone_dtoh(v)?, self.n, &cpu)?,
+            ),
+            Buffers::F64(m, v) => (
+                Tensor::from_vec(self.dev.clone_dtoh(m)?, self.n, &cpu)?,
+                Tensor::from_vec(self.dev.clone_dtoh(v)?, self.n, &cpu)?,
+            ),
+            Buffers::Empty(d) => (Tensor::zeros(0, *d, &cpu)?, Tensor::zeros(0, *d, &cpu)?),
+        })
     }
 }
 
@@ -31,12 +126,254 @@ pub(crate) struct Item<'a> {
     pub moments: &'a mut CudaMoments,
 }
 
+/// The four param dtypes, in launch order, with their kernel names.
+const KINDS: [(DType, &str, &str); 4] = [
+    (DType::F32, "radam_mt_f32", "radam_check_b32"),
+    (DType::F16, "radam_mt_f16", "radam_check_b16h"),
+    (DType::BF16, "radam_mt_bf16", "radam_check_b16b"),
+    (DType::F64, "radam_mt_f64", "radam_check_b64"),
+];
+
+/// Device pointers of one tensor, the raw material of a table entry.
+#[derive(Clone, Copy)]
+struct Ptrs {
+    p: u64,
+    g: u64,
+    m: u64,
+    v: u64,
+    n: u64,
+}
+
+/// The raw device pointer of a contiguous CUDA tensor's first element. The returned guard must
+/// live until the kernel that uses the pointer has been launched (it records the access for
+/// cudarc's multi-stream tracking).
+fn raw_ptr<'s>(s: &'s Storage, t: &Tensor, offset: usize, stream: &'s CudaStream) -> Result<(u64, SyncOnDrop<'s>)> {
+    let Storage::Cuda(c) = s else { bail!("RAdam: expected a CUDA tensor") };
+    let n = t.elem_count();
+    macro_rules! ptr {
+        ($ty:ty) => {{
+            let sl = c.as_cuda_slice::<$ty>()?;
+            if offset + n > sl.len() {
+                bail!("RAdam: tensor of {n} elements at offset {offset} overflows its storage of {}", sl.len());
+            }
+            let (p, guard) = sl.device_ptr(stream);
+            (p + (offset * std::mem::size_of::<$ty>()) as u64, guard)
+        }};
+    }
+    Ok(match t.dtype() {
+        DType::F32 => ptr!(f32),
+        DType::F64 => ptr!(f64),
+        DType::F16 => ptr!(half::f16),
+        DType::BF16 => ptr!(half::bf16),
+        d => bail!("RAdam: unsupported dtype {d:?}"),
+    })
+}
+
+/// Which PTX module a device runs, by compute capability; loaded once per device by candle's
+/// custom-module cache.
+fn module_for(stream: &Arc<CudaStream>, need_bf16: bool) -> Result<(&'static str, &'static str)> {
+    let (major, minor) = w(stream.context().compute_capability())?;
+    let cc = (major * 10 + minor) as u32;
+    if cc >= HI_ARCH {
+        return Ok(("candle_radam_hi", PTX_HI));
+    }
+    if need_bf16 {
+        if cc < 80 {
+            bail!(
+                "RAdam: bf16 parameters need a GPU of compute capability 8.0 or newer (sm_80+), \
+                 this one is {major}.{minor}; use f16 or f32 on this GPU"
+            );
+        }
+        bail!(
+            "RAdam: this build's bf16 kernels target compute_{HI_ARCH} (CUDA_COMPUTE_CAP), newer than \
+             this GPU ({major}.{minor}); rebuild with CUDA_COMPUTE_CAP={cc} or lower"
+        );
+    }
+    Ok(("candle_radam_base", PTX_BASE))
+}
+
+/// A dtype group of one launch: its kernel names, the number of blocks, and where its entries
+/// and block map start in the uploaded table (in u64 words).
+struct Group {
+    kind: usize,
+    blocks: u32,
+    table_word: usize,
+    map_word: usize,
+}
+
+/// The table of every non-empty item (entries then block map, per dtype group) as u64 words.
+fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
+    let mut words = Vec::new();
+    let mut groups = Vec::new();
+    for (kind, (dtype, _, _)) in KINDS.iter().enumerate() {
+        let members: Vec<(usize, &Ptrs)> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, (d, p))| d == dtype && p.n > 0)
+            .map(|(i, (_, p))| (i, p))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let table_word = words.len();
+        let mut map: Vec<u32> = Vec::new();
+        for (e, (item, p)) in members.iter().enumerate() {
+            let aligned = (p.p | p.g | p.m | p.v) % 16 == 0;
+            let flags = aligned as u64 | (((p.g % 16 == 0) as u64) << 1);
+            let first_block = map.len() as u64;
+            let entry: [u64; ENTRY_WORDS] = [p.p, p.g, p.m, p.v, p.n, first_block, flags, *item as u64];
+            words.extend_from_slice(&entry);
+            let blocks = p.n.div_ceil(CHUNK);
+            if map.len() as u64 + blocks > i32::MAX as u64 {
+                bail!("RAdam: too many elements of {dtype:?} for one launch");
+            }
+            map.extend(std::iter::repeat_n(e as u32, blocks as usize));
+        }
+        let map_word = words.len();
+        words.extend(map.chunks(2).map(|c| c[0] as u64 | (c.get(1).copied().unwrap_or(0) as u64) << 32));
+        groups.push(Group { kind, blocks: map.len() as u32, table_word, map_word });
+    }
+    Ok((words, groups))
+}
+
+fn launch_config(blocks: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// Index into `items` of the first one whose gradient holds a NaN or an infinity.
-pub(crate) fn first_nonfinite(_items: &[Item<'_>]) -> Result<Option<usize>> {
-    bail!("RAdam: the CUDA path is not implemented yet")
+///
+/// Runs one check kernel per grad dtype over all grads, then reads back one flag per item: this
+/// waits for the device (everything queued before on candle's stream, the backward pass
+/// included), so a bad gradient is reported by the `step` call that sees it, before any param or
+/// moment is touched.
+pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
+    let Some(first) = items.first() else { return Ok(None) };
+    let dev = cuda_device(first.param)?;
+    let stream = dev.cuda_stream();
+    let grads: Vec<&Tensor> = items.iter().map(|it| it.grad).collect();
+    let storages: Vec<_> = grads.iter().map(|g| g.storage_and_layout()).collect();
+    let mut guards = Vec::with_capacity(items.len());
+    let mut table = Vec::with_capacity(items.len());
+    for (g, (s, layout)) in grads.iter().zip(&storages) {
+        if !g.device().same_device(first.param.device()) {
+            bail!("RAdam: one CUDA step got tensors on several devices");
+        }
+        let n = g.elem_count() as u64;
+        let mut gp = 0;
+        if n > 0 {
+            let (ptr, guard) = raw_ptr(s, g, layout.start_offset(), &stream)?;
+            gp = ptr;
+            guards.push(guard);
+        }
+        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n }));
+    }
+    let (words, groups) = build_table(&table)?;
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let (module, ptx) = module_for(&stream, false)?;
+    let dev_table = w(stream.clone_htod(&words))?;
+    let mut flags = w(stream.alloc_zeros::<u32>(items.len()))?;
+    {
+        let (base, _t) = dev_table.device_ptr(&stream);
+        let (flags_ptr, _f) = flags.device_ptr_mut(&stream);
+        for grp in &groups {
+            let func = dev.get_or_load_custom_func(KINDS[grp.kind].2, module, ptx)?;
+            let table_ptr = base + 8 * grp.table_word as u64;
+            let map_ptr = base + 8 * grp.map_word as u64;
+            let mut b = func.builder();
+            b.arg(&table_ptr).arg(&map_ptr).arg(&flags_ptr);
+            // SAFETY: the table holds valid pointers to `n` elements of the kernel's dtype, kept
+            // alive by `storages`; the flags buffer has one u32 per item.
+            w(unsafe { b.launch(launch_config(grp.blocks)) })?;
+        }
+    }
+    drop(guards);
+    let flags = w(stream.clone_dtoh(&flags))?;
+    Ok(flags.iter().position(|&f| f != 0))
 }
 
 /// Applies one step to every item (all on one device) with the host-computed scalars.
-pub(crate) fn step(_items: &mut [Item<'_>], _k: &StepScalars) -> Result<()> {
-    bail!("RAdam: the CUDA path is not implemented yet")
+pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
+    let Some(first) = items.first() else { return Ok(()) };
+    let dev = cuda_device(first.param)?.clone();
+    let stream = dev.cuda_stream();
+    let tensors: Vec<(&Tensor, &Tensor)> = items.iter().map(|it| (it.param, it.grad)).collect();
+    let storages: Vec<_> =
+        tensors.iter().map(|(p, g)| (p.storage_and_layout(), g.storage_and_layout())).collect();
+    let first_dev = first.param.device().clone();
+    let mut guards = Vec::with_capacity(4 * items.len());
+    let mut table = Vec::with_capacity(items.len());
+    for (it, ((p, g), ((ps, pl), (gs, gl)))) in items.iter_mut().zip(tensors.iter().zip(&storages)) {
+        let n = p.elem_count();
+        if !p.device().same_device(&first_dev) || !g.device().same_device(p.device()) {
+            bail!("RAdam: one CUDA step got tensors on several devices");
+        }
+        if g.dtype() != p.dtype() || g.elem_count() != n || it.moments.n != n {
+            bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
+        }
+        if n == 0 {
+            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0 }));
+            continue;
+        }
+        let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
+        let (gp, gguard) = raw_ptr(gs, g, gl.start_offset(), &stream)?;
+        guards.push(pguard);
+        guards.push(gguard);
+        let (mp, vp) = match (&mut it.moments.bufs, p.dtype()) {
+            (Buffers::F32(m, v), DType::F32 | DType::F16 | DType::BF16) => {
+                let (mp, mg) = m.device_ptr_mut(&stream);
+                let (vp, vg) = v.device_ptr_mut(&stream);
+                guards.push(mg);
+                guards.push(vg);
+                (mp, vp)
+            }
+            (Buffers::F64(m, v), DType::F64) => {
+                let (mp, mg) = m.device_ptr_mut(&stream);
+                let (vp, vg) = v.device_ptr_mut(&stream);
+                guards.push(mg);
+                guards.push(vg);
+                (mp, vp)
+            }
+            _ => bail!("RAdam: moments of a {:?} variable have the wrong dtype", p.dtype()),
+        };
+        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64 }));
+    }
+    let (words, groups) = build_table(&table)?;
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let need_bf16 = groups.iter().any(|g| KINDS[g.kind].0 == DType::BF16);
+    let (module, ptx) = module_for(&stream, need_bf16)?;
+    let dev_table = w(stream.clone_htod(&words))?;
+    let update = k.update as u8 as i32;
+    // The scalars, rounded once from f64 to the kernels' math type.
+    let s64 = [k.one_minus_beta1, k.beta2, k.one_minus_beta2, k.step_size, k.eps, k.l2, k.decay];
+    let s32 = s64.map(|x| x as f32);
+    {
+        let (base, _t) = dev_table.device_ptr(&stream);
+        for grp in &groups {
+            let func = dev.get_or_load_custom_func(KINDS[grp.kind].1, module, ptx)?;
+            let table_ptr = base + 8 * grp.table_word as u64;
+            let map_ptr = base + 8 * grp.map_word as u64;
+            let mut b = func.builder();
+            b.arg(&table_ptr).arg(&map_ptr);
+            if KINDS[grp.kind].0 == DType::F64 {
+                for x in &s64 {
+                    b.arg(x);
+                }
+            } else {
+                for x in &s32 {
+                    b.arg(x);
+                }
+            }
+            b.arg(&update);
+            // SAFETY: every table entry points at `n` live elements of the kernel's dtype (param
+            // and grad kept alive by `storages`, moments by the `&mut` borrows behind `guards`),
+            // params and grads never alias, and the launch is ordered on candle's stream.
+            w(unsafe { b.launch(launch_config(grp.blocks)) })?;
+        }
+    }
+    drop(guards);
+    Ok(())
 }
