@@ -129,7 +129,13 @@ impl RAdam {
             if !g.device().same_device(s.var.device()) {
                 bail!("RAdam: gradient of '{name}' is on {:?}, the variable on {:?}", g.device(), s.var.device());
             }
-            let g = if !g.is_contiguous() || shares_storage(g, &s.var)? { g.copy()? } else { g.clone() };
+            let g = if !g.is_contiguous() {
+                g.contiguous()? // a fresh, row-major storage
+            } else if shares_storage(g, &s.var)? {
+                g.copy()?
+            } else {
+                g.clone()
+            };
             out.push((i, g));
         }
         Ok(out)
