@@ -174,8 +174,12 @@ macro_rules! storage_access {
 macro_rules! nonfinite_by_bits {
     ($bits:ty, $mask:expr) => {
         fn any_nonfinite(x: &[Self]) -> bool {
-            // OR-reduce "exponent is all ones" over the slice: vectorizes, no early exit per item.
-            x.chunks(1024).any(|c| c.iter().fold(false, |acc, e| acc | (e.to_bits() & $mask == $mask)))
+            // OR-reduce "exponent bits all ones" with integer ops: vectorizes, no early exit.
+            let mut acc: $bits = 0;
+            for e in x {
+                acc |= ((e.to_bits() & $mask) == $mask) as $bits;
+            }
+            acc != 0
         }
     };
 }

@@ -1,0 +1,229 @@
+//! Step time of candle-radam vs candle-nn's AdamW vs a same-process copy probe that moves the
+//! same bytes, measured side by side (interleaved rounds, medians) in one run.
+//!
+//! ```text
+//! cargo run --release --example bench                                # CPU, ~10M params
+//! cargo run --release --features cuda --example bench -- --device cuda --layout all
+//! ```
+//!
+//! Bytes per parameter (f32): RAdam reads p, g, m, v and writes p, m, v = 28 B. The copy probe
+//! copies 14 B per parameter from one buffer to another (14 B read + 14 B written = 28 B), so
+//! `copy_ms / radam_ms` is the fraction of copy bandwidth the fused step reaches.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_radam::{NonFinite, ParamsRAdam, RAdam};
+use clap::{Parser, ValueEnum};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Layout {
+    /// One 8M-param tensor plus 500 tensors of 4096: ~10M params (CPU default).
+    Mixed,
+    /// GPT-2 small: 148 tensors, 124M params (CUDA default).
+    Gpt2,
+    /// One 1B-param tensor.
+    #[value(name = "1b")]
+    OneB,
+    /// gpt2 then 1b.
+    All,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "candle-radam step time vs candle-nn AdamW vs a copy probe")]
+struct Args {
+    /// cpu or cuda (cuda needs the crate's `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Parameter layout; default: mixed on CPU, all (gpt2 + 1b) on CUDA.
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// Parameter dtype: f32, bf16, f16 or f64.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed steps per round and method.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Interleaved rounds (the median round is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Leave out candle-nn AdamW (slow and memory hungry on big layouts).
+    #[arg(long)]
+    no_adamw: bool,
+}
+
+fn shapes(layout: Layout) -> Vec<Vec<usize>> {
+    match layout {
+        Layout::Mixed => {
+            let mut s = vec![vec![8 << 20]];
+            s.extend((0..500).map(|_| vec![4096]));
+            s
+        }
+        Layout::Gpt2 => {
+            let (d, v, ctx, layers) = (768, 50257, 1024, 12);
+            let mut s = vec![vec![v, d], vec![ctx, d]];
+            for _ in 0..layers {
+                s.extend([
+                    vec![d],
+                    vec![d],
+                    vec![d, 3 * d],
+                    vec![3 * d],
+                    vec![d, d],
+                    vec![d],
+                    vec![d],
+                    vec![d],
+                    vec![d, 4 * d],
+                    vec![4 * d],
+                    vec![4 * d, d],
+                    vec![d],
+                ]);
+            }
+            s.extend([vec![d], vec![d]]);
+            s
+        }
+        Layout::OneB => vec![vec![1_000_000_000]],
+        Layout::All => unreachable!(),
+    }
+}
+
+/// Bytes one RAdam step moves per parameter: p, g read and p written in the param dtype; m, v
+/// read and written in the moment dtype.
+fn bytes_per_param(dtype: DType) -> usize {
+    let p = dtype.size_in_bytes();
+    let m = candle_radam::moment_dtype(dtype).unwrap().size_in_bytes();
+    3 * p + 4 * m
+}
+
+fn sync(dev: &Device) -> Result<()> {
+    dev.synchronize()?;
+    Ok(())
+}
+
+/// Same-process copy of `bytes / 2` bytes from one buffer to another (reads + writes = `bytes`).
+enum CopyProbe {
+    Cpu { src: Vec<u8>, dst: Vec<u8> },
+    #[cfg(feature = "cuda")]
+    Cuda { src: cudarc::driver::CudaSlice<u8>, dst: cudarc::driver::CudaSlice<u8>, stream: std::sync::Arc<cudarc::driver::CudaStream> },
+}
+
+impl CopyProbe {
+    fn new(dev: &Device, bytes: usize) -> Result<Self> {
+        let half = bytes / 2;
+        match dev {
+            Device::Cpu => Ok(Self::Cpu { src: vec![1u8; half], dst: vec![0u8; half] }),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => {
+                let stream = d.cuda_stream();
+                let src = stream.alloc_zeros::<u8>(half)?;
+                let dst = stream.alloc_zeros::<u8>(half)?;
+                Ok(Self::Cuda { src, dst, stream })
+            }
+            _ => bail!("unsupported device"),
+        }
+    }
+
+    fn run(&mut self) -> Result<()> {
+        match self {
+            // Parallel over the same rayon pool the CPU step uses.
+            Self::Cpu { src, dst } => dst.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s)),
+            #[cfg(feature = "cuda")]
+            Self::Cuda { src, dst, stream } => stream.memcpy_dtod(src, dst)?,
+        }
+        Ok(())
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+/// Milliseconds per call of `f`, averaged over `steps` calls (device synchronized around).
+fn time_ms(dev: &Device, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    sync(dev)?;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        f()?;
+    }
+    sync(dev)?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / steps as f64)
+}
+
+fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> {
+    let shapes = shapes(layout);
+    let n: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    println!("\n== {layout:?}: {} tensors, {:.1}M params, {dtype:?}, {dev:?}", shapes.len(), n as f64 / 1e6);
+    let mut vars = Vec::new();
+    let mut grads = GradStore::default();
+    for s in &shapes {
+        let v = Var::from_tensor(&Tensor::randn(0f32, 0.02, s.as_slice(), dev)?.to_dtype(dtype)?)?;
+        grads.insert(&v, Tensor::randn(0f32, 1e-3, s.as_slice(), dev)?.to_dtype(dtype)?);
+        vars.push(v);
+    }
+    let params = ParamsRAdam { lr: 1e-4, ..Default::default() };
+    let mut radam = RAdam::new(vars.clone(), params.clone())?;
+    let mut radam_ng = RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Propagate, ..params })?;
+    let mut adamw = if args.no_adamw { None } else { Some(AdamW::new(vars.clone(), ParamsAdamW { lr: 1e-4, weight_decay: 0.0, ..Default::default() })?) };
+    let bytes = bytes_per_param(dtype) * n;
+    let mut probe = CopyProbe::new(dev, bytes)?;
+
+    // Warm up every method (allocations, PTX load, page faults), then interleave rounds.
+    radam.step(&grads)?;
+    radam_ng.step(&grads)?;
+    if let Some(a) = adamw.as_mut() {
+        a.step(&grads)?;
+    }
+    probe.run()?;
+    let (mut t_r, mut t_rng, mut t_a, mut t_c) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.rounds {
+        t_r.push(time_ms(dev, args.steps, || Ok(radam.step(&grads)?))?);
+        t_rng.push(time_ms(dev, args.steps, || Ok(radam_ng.step(&grads)?))?);
+        if let Some(a) = adamw.as_mut() {
+            t_a.push(time_ms(dev, args.steps.min(3), || Ok(a.step(&grads)?))?);
+        }
+        t_c.push(time_ms(dev, args.steps, || probe.run())?);
+    }
+    let (r, rng, c) = (median(t_r), median(t_rng), median(t_c));
+    let gbs = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+    println!("{:<34} {:>10} {:>9} {:>16}", "method", "ms/step", "GB/s", "vs copy probe");
+    println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "copy probe (same bytes)", c, gbs(c), 1.0);
+    println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "candle-radam (non-finite guard)", r, gbs(r), c / r);
+    println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "candle-radam (NonFinite::Propagate)", rng, gbs(rng), c / rng);
+    if !t_a.is_empty() {
+        let a = median(t_a);
+        println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "candle-nn AdamW", a, gbs(a), c / a);
+        println!("speedup of candle-radam over candle-nn AdamW: {:.1}x (guarded), {:.1}x (unguarded)", a / r, a / rng);
+    }
+    println!("bytes per param {}, threads {}", bytes_per_param(dtype), rayon::current_num_threads());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dev = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda needs the `cuda` feature: cargo run --release --features cuda --example bench -- --device cuda");
+            }
+            Device::new_cuda(0)?
+        }
+        other => bail!("unknown device {other} (cpu or cuda)"),
+    };
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        "f64" => DType::F64,
+        other => bail!("unknown dtype {other}"),
+    };
+    let layout = args.layout.unwrap_or(if dev.is_cpu() { Layout::Mixed } else { Layout::All });
+    let layouts = if layout == Layout::All { vec![Layout::Gpt2, Layout::OneB] } else { vec![layout] };
+    for l in layouts {
+        bench(&args, &dev, l, dtype)?;
+    }
+    Ok(())
+}
