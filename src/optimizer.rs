@@ -1,6 +1,6 @@
 //! The [`RAdam`] optimizer: variables, their moments, the step counter, and `step`.
 
-use candle_core::{bail, backprop::GradStore, Device, Result, Tensor, Var};
+use candle_core::{bail, backprop::GradStore, Result, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
@@ -116,6 +116,9 @@ impl RAdam {
     /// (slot index, gradient) pairs to update. A gradient that is not contiguous, or that shares
     /// storage with its variable, is copied.
     fn collect_grads(&self, grads: &GradStore) -> Result<Vec<(usize, Tensor)>> {
+        // The update writes every param while reading every grad (in parallel): a grad backed by
+        // any param's storage would be read while written (or deadlock on its lock), so copy it.
+        let param_storages: std::collections::HashSet<usize> = self.slots.iter().map(|s| storage_key(&s.var)).collect();
         let mut out = Vec::with_capacity(self.slots.len());
         for (i, s) in self.slots.iter().enumerate() {
             let Some(g) = grads.get(&s.var) else { continue };
@@ -131,7 +134,7 @@ impl RAdam {
             }
             let g = if !g.is_contiguous() {
                 g.contiguous()? // a fresh, row-major storage
-            } else if shares_storage(g, &s.var)? {
+            } else if param_storages.contains(&storage_key(g)) {
                 g.copy()?
             } else {
                 g.clone()
@@ -213,17 +216,10 @@ fn cuda_batches<'a>(slots: &'a mut [Slot], by_slot: &[Option<&'a Tensor>]) -> Ve
     batches.into_iter().map(|(_, ids, items)| (ids, items)).collect()
 }
 
-/// Whether `g` is backed by the same storage as `var` (an aliased gradient must be copied: the
-/// update writes the param while reading the grad).
-fn shares_storage(g: &Tensor, var: &Var) -> Result<bool> {
-    Ok(match (g.device(), var.device()) {
-        (Device::Cpu, Device::Cpu) => {
-            let (gs, _) = g.storage_and_layout();
-            let (vs, _) = var.storage_and_layout();
-            std::ptr::eq(&*gs, &*vs)
-        }
-        _ => false,
-    })
+/// Identity of a tensor's storage (the address of the storage behind its lock).
+fn storage_key(t: &Tensor) -> usize {
+    let (storage, _) = t.storage_and_layout();
+    &*storage as *const candle_core::Storage as usize
 }
 
 impl candle_nn::Optimizer for RAdam {

@@ -329,3 +329,21 @@ fn trains_a_varmap_mlp() {
     assert!(last < 0.1 * first, "loss {first} -> {last}");
     assert_eq!(opt.step_count(), 300);
 }
+
+/// A gradient backed by *another* variable's storage (read while that variable is written in
+/// the parallel pass) behaves like a copy, and does not deadlock.
+#[test]
+fn gradient_sharing_another_vars_storage_is_copied() {
+    let run = |alias: bool| {
+        let (a, b) = (var(40_000, 1, DType::F32), var(40_000, 2, DType::F32));
+        let mut opt = RAdam::new(vec![a.clone(), b.clone()], ParamsRAdam { lr: 0.01, ..Default::default() }).unwrap();
+        for _ in 1..=3 {
+            let mut g = GradStore::default();
+            g.insert(&a, b.as_tensor().copy().unwrap());
+            g.insert(&b, if alias { a.as_tensor().clone() } else { a.as_tensor().copy().unwrap() });
+            opt.step(&g).unwrap();
+        }
+        (bits(a.as_tensor()), bits(b.as_tensor()))
+    };
+    assert_eq!(run(true), run(false));
+}
