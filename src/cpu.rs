@@ -194,6 +194,7 @@ impl Element for f32 {
             _ => None,
         }
     }
+    #[inline(always)]
     fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>) {
         dispatch(p, g, m, v, k)
     }
@@ -209,12 +210,14 @@ impl Element for f64 {
             _ => None,
         }
     }
+    #[inline(always)]
     fn update(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], k: &Coeffs<f64>) {
         dispatch(p, g, m, v, k)
     }
 }
 
 /// f16 / bf16: convert a block to f32, run the f32 rule, round back (nearest even).
+#[inline(always)]
 fn update_half<H>(p: &mut [H], g: &[H], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>)
 where
     [H]: HalfFloatSliceExt,
@@ -244,6 +247,7 @@ macro_rules! half_element {
             fn moments(mo: &mut CpuMoments) -> Option<(&mut [f32], &mut [f32])> {
                 <f32 as Element>::moments(mo)
             }
+            #[inline(always)]
             fn update(p: &mut [$t], g: &[$t], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>) {
                 update_half(p, g, m, v, k)
             }
@@ -264,14 +268,32 @@ fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
 /// Splits a large slice into rayon tasks; small ones run inline.
 fn par_update<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
     if p.len() <= CHUNK {
-        T::update(p, g, m, v, k);
+        update_chunk(p, g, m, v, k);
     } else {
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| T::update(p, g, m, v, k));
+            .for_each(|(((p, g), m), v)| update_chunk(p, g, m, v, k));
     }
+}
+
+/// `T::update`, compiled for AVX2 where the CPU has it. Only the vector width changes: Rust never
+/// contracts to FMA and IEEE `sqrt` / division are exact at any width, so results are identical.
+#[inline]
+fn update_chunk<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { update_avx2(p, g, m, v, k) };
+    }
+    T::update(p, g, m, v, k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn update_avx2<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
+    T::update(p, g, m, v, k)
 }
 
 /// The in-place op: param is the destination, grad the source, the moments ride along.
