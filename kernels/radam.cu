@@ -167,7 +167,7 @@ __device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
 }
 
 // Non-finite check: sets flags[item] = 1 when the grad chunk holds a NaN or an infinity.
-// Works on the raw bits (all exponent bits set), so it needs no conversion and no sm_80 for bf16.
+// 128-bit loads when the grad is 16-byte aligned (flag bit 1), like the update. Works on the raw bits (all exponent bits set), so it needs no conversion and no sm_80 for bf16.
 template <typename U, U EXP_MASK>
 __device__ __forceinline__ void radam_check(const Entry* __restrict__ table,
                                             const uint32_t* __restrict__ block_map,
@@ -176,8 +176,19 @@ __device__ __forceinline__ void radam_check(const Entry* __restrict__ table,
     const U* __restrict__ g = reinterpret_cast<const U*>(e.g);
     const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
     const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    constexpr int VEC = 16 / sizeof(U);
     bool bad = false;
-    for (uint64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    uint64_t scalar_from = start;
+    if (e.flags & 2) {  // grad 16-byte aligned: 128-bit loads
+        const uint64_t vec_end = start + (end - start) / VEC * VEC;
+        for (uint64_t i = start + (uint64_t)threadIdx.x * VEC; i < vec_end; i += (uint64_t)blockDim.x * VEC) {
+            const Vec<U, VEC> gv = load_vec<U, VEC>(g + i);
+#pragma unroll
+            for (int j = 0; j < VEC; j++) bad |= (gv.x[j] & EXP_MASK) == EXP_MASK;  // inf or NaN
+        }
+        scalar_from = vec_end;
+    }
+    for (uint64_t i = scalar_from + threadIdx.x; i < end; i += blockDim.x) {
         bad |= (g[i] & EXP_MASK) == EXP_MASK;  // exponent all ones: inf or NaN
     }
     if (__syncthreads_or(bad) && threadIdx.x == 0) flags[e.item] = 1;

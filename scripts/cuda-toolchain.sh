@@ -37,7 +37,8 @@ PINS=(
   nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35
 )
-STAMP="$PREFIX/.installed-$(printf '%s\n' "${PINS[@]}" | cksum | cut -d' ' -f1)"
+STUB_VERSION=2  # bump when the stub's generation changes
+STAMP="$PREFIX/.installed-$(printf '%s\n' "${PINS[@]}" "stub-$STUB_VERSION" | cksum | cut -d' ' -f1)"
 CUDA="$PREFIX/cuda"
 
 log() { echo "cuda-toolchain: $*" >&2; }
@@ -75,12 +76,13 @@ if [[ ! -f "$STAMP" ]]; then
     echo 'int cuGetErrorName(int e, const char **s) { (void)e; *s = "CUDA_ERROR_NO_DEVICE"; return 0; }'
     echo 'int cuDriverGetVersion(int *v) { *v = 13000; return 0; }'
     echo 'int cuDeviceGetCount(int *n) { *n = 0; return 0; }'
-    if [[ -n "$bindings" ]]; then
-      grep -oE 'pub unsafe fn cu[A-Za-z0-9_]+' "$bindings" | awk '{print $4}'
-    else
-      # No cudarc sources yet (first build): export the names from cuda.h instead.
-      grep -oE '^CUresult CUDAAPI cu[A-Za-z0-9_]+' "$CUDA/include/cuda.h" | awk '{print $3}'
-    fi | sort -u | grep -vxE 'cuGetErrorString|cuGetErrorName|cuDriverGetVersion|cuDeviceGetCount' \
+    {
+      # The names cudarc can reference (when its sources are fetched already) and every function
+      # of cuda.h after preprocessing (which turns cuMemAlloc into cuMemAlloc_v2 and so on).
+      [[ -n "$bindings" ]] && grep -oE 'pub unsafe fn cu[A-Za-z0-9_]+' "$bindings" | awk '{print $4}'
+      echo '#include <cuda.h>' | gcc -E -I"$CUDA/include" -x c - \
+        | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d '( \t'
+    } | sort -u | grep -vxE 'cuGetErrorString|cuGetErrorName|cuDriverGetVersion|cuDeviceGetCount' \
        | sed 's/.*/int &(void) { return 100; }/'
   } > "$src"
   gcc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$PREFIX/stubs/libcuda.so" "$src"

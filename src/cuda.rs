@@ -15,7 +15,9 @@
 use std::sync::Arc;
 
 use candle_core::{bail, CudaDevice, DType, Device, Result, Storage, Tensor};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 
 use crate::rule::StepScalars;
 
@@ -147,14 +149,24 @@ struct Ptrs {
 /// The raw device pointer of a contiguous CUDA tensor's first element. The returned guard must
 /// live until the kernel that uses the pointer has been launched (it records the access for
 /// cudarc's multi-stream tracking).
-fn raw_ptr<'s>(s: &'s Storage, t: &Tensor, offset: usize, stream: &'s CudaStream) -> Result<(u64, SyncOnDrop<'s>)> {
-    let Storage::Cuda(c) = s else { bail!("RAdam: expected a CUDA tensor") };
+fn raw_ptr<'s>(
+    s: &'s Storage,
+    t: &Tensor,
+    offset: usize,
+    stream: &'s CudaStream,
+) -> Result<(u64, SyncOnDrop<'s>)> {
+    let Storage::Cuda(c) = s else {
+        bail!("RAdam: expected a CUDA tensor")
+    };
     let n = t.elem_count();
     macro_rules! ptr {
         ($ty:ty) => {{
             let sl = c.as_cuda_slice::<$ty>()?;
             if offset + n > sl.len() {
-                bail!("RAdam: tensor of {n} elements at offset {offset} overflows its storage of {}", sl.len());
+                bail!(
+                    "RAdam: tensor of {n} elements at offset {offset} overflows its storage of {}",
+                    sl.len()
+                );
             }
             let (p, guard) = sl.device_ptr(stream);
             (p + (offset * std::mem::size_of::<$ty>()) as u64, guard)
@@ -176,6 +188,14 @@ fn module_for(stream: &Arc<CudaStream>, need_bf16: bool) -> Result<(&'static str
     let cc = (major * 10 + minor) as u32;
     if cc >= HI_ARCH {
         return Ok(("candle_radam_hi", PTX_HI));
+    }
+    if cc < BASE_ARCH {
+        bail!(
+            "RAdam: this build's CUDA kernels need a GPU of compute capability {}.{} or newer, this one \
+             is {major}.{minor}",
+            BASE_ARCH / 10,
+            BASE_ARCH % 10
+        );
     }
     if need_bf16 {
         if cc < 80 {
@@ -221,7 +241,8 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
             let aligned = (p.p | p.g | p.m | p.v) % 16 == 0;
             let flags = aligned as u64 | (((p.g % 16 == 0) as u64) << 1);
             let first_block = map.len() as u64;
-            let entry: [u64; ENTRY_WORDS] = [p.p, p.g, p.m, p.v, p.n, first_block, flags, *item as u64];
+            let entry: [u64; ENTRY_WORDS] =
+                [p.p, p.g, p.m, p.v, p.n, first_block, flags, *item as u64];
             words.extend_from_slice(&entry);
             let blocks = p.n.div_ceil(CHUNK);
             if map.len() as u64 + blocks > i32::MAX as u64 {
@@ -230,14 +251,26 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
             map.extend(std::iter::repeat_n(e as u32, blocks as usize));
         }
         let map_word = words.len();
-        words.extend(map.chunks(2).map(|c| c[0] as u64 | (c.get(1).copied().unwrap_or(0) as u64) << 32));
-        groups.push(Group { kind, blocks: map.len() as u32, table_word, map_word });
+        words.extend(
+            map.chunks(2)
+                .map(|c| c[0] as u64 | (c.get(1).copied().unwrap_or(0) as u64) << 32),
+        );
+        groups.push(Group {
+            kind,
+            blocks: map.len() as u32,
+            table_word,
+            map_word,
+        });
     }
     Ok((words, groups))
 }
 
 fn launch_config(blocks: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Index into `items` of the first one whose gradient holds a NaN or an infinity.
@@ -247,7 +280,9 @@ fn launch_config(blocks: u32) -> LaunchConfig {
 /// included), so a bad gradient is reported by the `step` call that sees it, before any param or
 /// moment is touched.
 pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
-    let Some(first) = items.first() else { return Ok(None) };
+    let Some(first) = items.first() else {
+        return Ok(None);
+    };
     let dev = cuda_device(first.param)?;
     let stream = dev.cuda_stream();
     let grads: Vec<&Tensor> = items.iter().map(|it| it.grad).collect();
@@ -265,7 +300,16 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
             gp = ptr;
             guards.push(guard);
         }
-        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n }));
+        table.push((
+            g.dtype(),
+            Ptrs {
+                p: 0,
+                g: gp,
+                m: 0,
+                v: 0,
+                n,
+            },
+        ));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -295,16 +339,21 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
 
 /// Applies one step to every item (all on one device) with the host-computed scalars.
 pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
-    let Some(first) = items.first() else { return Ok(()) };
+    let Some(first) = items.first() else {
+        return Ok(());
+    };
     let dev = cuda_device(first.param)?.clone();
     let stream = dev.cuda_stream();
     let tensors: Vec<(&Tensor, &Tensor)> = items.iter().map(|it| (it.param, it.grad)).collect();
-    let storages: Vec<_> =
-        tensors.iter().map(|(p, g)| (p.storage_and_layout(), g.storage_and_layout())).collect();
+    let storages: Vec<_> = tensors
+        .iter()
+        .map(|(p, g)| (p.storage_and_layout(), g.storage_and_layout()))
+        .collect();
     let first_dev = first.param.device().clone();
     let mut guards = Vec::with_capacity(4 * items.len());
     let mut table = Vec::with_capacity(items.len());
-    for (it, ((p, g), ((ps, pl), (gs, gl)))) in items.iter_mut().zip(tensors.iter().zip(&storages)) {
+    for (it, ((p, g), ((ps, pl), (gs, gl)))) in items.iter_mut().zip(tensors.iter().zip(&storages))
+    {
         let n = p.elem_count();
         if !p.device().same_device(&first_dev) || !g.device().same_device(p.device()) {
             bail!("RAdam: one CUDA step got tensors on several devices");
@@ -313,7 +362,16 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
             bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
         }
         if n == 0 {
-            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0 }));
+            table.push((
+                p.dtype(),
+                Ptrs {
+                    p: 0,
+                    g: 0,
+                    m: 0,
+                    v: 0,
+                    n: 0,
+                },
+            ));
             continue;
         }
         let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
@@ -335,9 +393,21 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
                 guards.push(vg);
                 (mp, vp)
             }
-            _ => bail!("RAdam: moments of a {:?} variable have the wrong dtype", p.dtype()),
+            _ => bail!(
+                "RAdam: moments of a {:?} variable have the wrong dtype",
+                p.dtype()
+            ),
         };
-        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64 }));
+        table.push((
+            p.dtype(),
+            Ptrs {
+                p: pp,
+                g: gp,
+                m: mp,
+                v: vp,
+                n: n as u64,
+            },
+        ));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -348,7 +418,15 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
     let dev_table = w(stream.clone_htod(&words))?;
     let update = k.update as u8 as i32;
     // The scalars, rounded once from f64 to the kernels' math type.
-    let s64 = [k.one_minus_beta1, k.beta2, k.one_minus_beta2, k.step_size, k.eps, k.l2, k.decay];
+    let s64 = [
+        k.one_minus_beta1,
+        k.beta2,
+        k.one_minus_beta2,
+        k.step_size,
+        k.eps,
+        k.l2,
+        k.decay,
+    ];
     let s32 = s64.map(|x| x as f32);
     {
         let (base, _t) = dev_table.device_ptr(&stream);
@@ -376,4 +454,50 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
     }
     drop(guards);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ptrs(base: u64, n: u64) -> Ptrs {
+        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n }
+    }
+
+    /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group, 8-word
+    /// entries then the block map packed two u32 per word, low half first.
+    #[test]
+    fn table_layout_matches_the_kernel() {
+        let items = [
+            (DType::F16, ptrs(0x10_0000, 4097)), // 2 blocks
+            (DType::F32, ptrs(0x20_0000, 0)),    // empty: no entry, no block
+            (DType::F32, ptrs(0x30_0004, 1)),    // unaligned param
+            (DType::F16, ptrs(0x40_0000, 4096)), // exactly 1 block
+            (DType::F32, ptrs(0x50_0000, 3 * CHUNK + 1)),
+        ];
+        let (w, groups) = build_table(&items).unwrap();
+        // F32 group first (KINDS order), then F16.
+        assert_eq!(groups.len(), 2);
+        let (g32, g16) = (&groups[0], &groups[1]);
+        assert_eq!((KINDS[g32.kind].0, g32.blocks, g32.table_word, g32.map_word), (DType::F32, 5, 0, 16));
+        assert_eq!(
+            &w[0..8],
+            &[0x30_0004, 0x30_1004, 0x30_2004, 0x30_3004, 1, 0, 0b00, 2],
+            "unaligned entry"
+        );
+        assert_eq!(&w[8..16], &[0x50_0000, 0x50_1000, 0x50_2000, 0x50_3000, 3 * CHUNK + 1, 1, 0b11, 4]);
+        // Block map 0,1,1,1,1 packed as (1<<32|0), (1<<32|1), (0<<32|1).
+        assert_eq!(&w[16..19], &[1 << 32, 1 << 32 | 1, 1]);
+        assert_eq!((KINDS[g16.kind].0, g16.blocks, g16.table_word, g16.map_word), (DType::F16, 3, 19, 35));
+        assert_eq!(&w[19..27], &[0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, 4097, 0, 0b11, 0]);
+        assert_eq!(&w[27..35], &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3]);
+        assert_eq!(&w[35..37], &[0, 1]); // map 0,0,1
+        assert_eq!(w.len(), 37);
+    }
+
+    #[test]
+    fn nothing_to_launch_for_empty_tensors() {
+        let (w, groups) = build_table(&[(DType::F32, ptrs(0, 0)), (DType::BF16, ptrs(0, 0))]).unwrap();
+        assert!(w.is_empty() && groups.is_empty());
+    }
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Runs the bundle made by scripts/gpu-build.sh on a GPU machine (no cargo, no network needed):
+# the CUDA tests, the CPU-vs-GPU training comparison, the benchmark, and the torch benchmark when
+# python3 has torch, then prints one summary. Exits non-zero if a check failed, or if there is no
+# usable GPU (after saying why).
+#
+#   bash gpu-bundle/gpu-run.sh            # from anywhere; finds the binaries beside itself
+#   OUT=/some/dir bash gpu-bundle/gpu-run.sh   # also copies the logs there
+#
+# CUDA libraries: the binaries need libcudart.so.13, libcublas.so.13, libcublasLt.so.13,
+# libcurand.so.10, libnvrtc.so.13 and the driver's libcuda.so.1. They are looked up in
+# $CUDA_LIBS (if set), PyTorch's nvidia wheels, /usr/local/cuda*, and the driver folders.
+set -uo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+work="${TMPDIR:-/tmp}/candle-radam-gpu-run"
+logs="$work/logs"
+rm -rf "$work" && mkdir -p "$work/bin" "$logs"
+say() { echo "== gpu-run: $*"; }
+declare -a summary=()
+status=0
+note() { summary+=("$1"); }
+
+# --- binaries -------------------------------------------------------------------------------
+for b in cuda-tests compare bench; do
+  if [[ -f "$here/$b.gz" ]]; then
+    gzip -dc "$here/$b.gz" > "$work/bin/$b" && chmod +x "$work/bin/$b"
+  elif [[ -x "$here/$b" ]]; then
+    cp "$here/$b" "$work/bin/$b"
+  fi
+done
+[[ -x "$work/bin/cuda-tests" ]] || { echo "gpu-run: no cuda-tests binary beside $0 (run scripts/gpu-build.sh)" >&2; exit 2; }
+[[ -f "$here/MANIFEST" ]] && cat "$here/MANIFEST"
+
+# --- libraries ------------------------------------------------------------------------------
+need=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcuda.so.1)
+dirs=()
+[[ -n "${CUDA_LIBS:-}" ]] && IFS=: read -r -a dirs <<<"$CUDA_LIBS"
+for py in python3 /opt/torch/.venv/bin/python3 python; do
+  command -v "$py" >/dev/null 2>&1 || continue
+  while read -r d; do [[ -n "$d" ]] && dirs+=("$d"); done < <("$py" - 2>/dev/null <<'EOF'
+import glob, os
+try:
+    import nvidia
+    for root in nvidia.__path__:
+        for d in sorted(glob.glob(os.path.join(root, "*", "lib"))):
+            print(d)
+except Exception:
+    pass
+EOF
+)
+done
+for d in /usr/local/lib/python3*/dist-packages/nvidia/*/lib /usr/lib/python3*/dist-packages/nvidia/*/lib \
+         /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib /usr/local/cuda/lib64 \
+         /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 /usr/local/nvidia/lib64 \
+         /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
+  [[ -d "$d" ]] && dirs+=("$d")
+done
+ld_path=""
+for lib in "${need[@]}"; do
+  found=""
+  for d in "${dirs[@]}"; do
+    [[ -e "$d/$lib" ]] && { found="$d"; break; }
+  done
+  # Else maybe the dynamic loader knows it already (ldconfig, or LD_LIBRARY_PATH).
+  if [[ -z "$found" ]] && ldconfig -p 2>/dev/null | grep -q "$lib "; then found="(system)"; fi
+  if [[ -z "$found" ]]; then
+    echo "gpu-run: $lib not found (searched LD_LIBRARY_PATH, ldconfig and: ${dirs[*]})" >&2
+  elif [[ "$found" != "(system)" && ":$ld_path:" != *":$found:"* ]]; then
+    ld_path="${ld_path:+$ld_path:}$found"
+  fi
+done
+export LD_LIBRARY_PATH="${ld_path}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+if missing=$(ldd "$work/bin/cuda-tests" 2>&1 | grep "not found"); then
+  echo "gpu-run: the binaries cannot start, missing libraries:" >&2
+  echo "$missing" >&2
+  exit 2
+fi
+
+# --- the GPU ---------------------------------------------------------------------------------
+say "nvidia-smi"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi > "$logs/nvidia-smi.txt" 2>&1; then
+  cat "$logs/nvidia-smi.txt"
+  gpu=$(nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>/dev/null | head -1)
+  note "GPU: ${gpu:-unknown}"
+else
+  echo "gpu-run: nvidia-smi failed or is missing: no usable GPU here" >&2
+  cat "$logs/nvidia-smi.txt" 2>/dev/null >&2
+  note "GPU: none (nvidia-smi failed)"
+  status=2
+fi
+
+run() {  # run NAME CMD...: logs to $logs/NAME.log, records pass/fail
+  local name=$1; shift
+  say "$name: $*"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee "$logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  note "$(printf '%-12s %s (rc %d, %ds)' "$name" "$([[ $rc == 0 ]] && echo PASS || echo FAIL)" "$rc" $((SECONDS - t0)))"
+  [[ $rc == 0 ]] || status=1
+  return 0
+}
+
+if [[ $status == 0 ]]; then
+  run tests "$work/bin/cuda-tests" --test-threads=1 --nocapture
+  if grep -q "skipped, no CUDA device" "$logs/tests.log"; then
+    note "tests: SKIPPED for lack of a device, so nothing was checked on a GPU"
+    status=1
+  fi
+  grep -E "max rel diff|max ulp" "$logs/tests.log" | sed 's/^/  /' > "$logs/diffs.txt" || true
+  run compare-f32 "$work/bin/compare" --steps 100 --dtype f32
+  run compare-bf16 "$work/bin/compare" --steps 100 --dtype bf16 --tol 1e-1
+  if [[ -x "$work/bin/bench" ]]; then
+    run bench "$work/bin/bench" --device cuda
+  else
+    note "bench        not in the bundle"
+  fi
+  if [[ -f "$here/bench_torch.py" ]] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    run bench-torch python3 "$here/bench_torch.py" --device cuda
+  else
+    note "bench-torch  skipped (no bench_torch.py, or python3 has no CUDA torch)"
+  fi
+fi
+
+echo
+say "summary"
+for line in "${summary[@]}"; do echo "  $line"; done
+[[ -s "$logs/diffs.txt" ]] && { echo "  GPU vs CPU in tests/cuda.rs:"; cat "$logs/diffs.txt"; }
+if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
+  tar -C "$work" -czf "$OUT/gpu-run-logs.tar.gz" logs && echo "  logs: $OUT/gpu-run-logs.tar.gz"
+fi
+echo "  result: $([[ $status == 0 ]] && echo OK || echo FAILED) (exit $status)"
+exit $status
