@@ -142,13 +142,16 @@ fn dispatch<C: Real>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [C], k: &Coeffs<
     }
 }
 
+/// Mutable views of a variable's `m` and `v`.
+type MomentSlices<'a, A> = (&'a mut [A], &'a mut [A]);
+
 /// A param element type: how its slices are found in candle's storage, how a chunk is updated,
 /// and how non-finite values are spotted.
 trait Element: Copy + Send + Sync + 'static {
     type Acc: Real;
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
-    fn moments(mo: &mut CpuMoments) -> Option<(&mut [Self::Acc], &mut [Self::Acc])>;
+    fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, Self::Acc>>;
     fn update(p: &mut [Self], g: &[Self], m: &mut [Self::Acc], v: &mut [Self::Acc], k: &Coeffs<Self::Acc>);
     /// True if any element is a NaN or an infinity (exponent bits all ones), branch-free.
     fn any_nonfinite(x: &[Self]) -> bool;
@@ -188,7 +191,7 @@ impl Element for f32 {
     type Acc = f32;
     storage_access!(F32);
     nonfinite_by_bits!(u32, 0x7f80_0000u32);
-    fn moments(mo: &mut CpuMoments) -> Option<(&mut [f32], &mut [f32])> {
+    fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, f32>> {
         match mo {
             CpuMoments::F32 { m, v } => Some((m, v)),
             _ => None,
@@ -204,7 +207,7 @@ impl Element for f64 {
     type Acc = f64;
     storage_access!(F64);
     nonfinite_by_bits!(u64, 0x7ff0_0000_0000_0000u64);
-    fn moments(mo: &mut CpuMoments) -> Option<(&mut [f64], &mut [f64])> {
+    fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, f64>> {
         match mo {
             CpuMoments::F64 { m, v } => Some((m, v)),
             _ => None,
@@ -244,7 +247,7 @@ macro_rules! half_element {
             type Acc = f32;
             storage_access!($variant);
             nonfinite_by_bits!(u16, $mask);
-            fn moments(mo: &mut CpuMoments) -> Option<(&mut [f32], &mut [f32])> {
+            fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, f32>> {
                 <f32 as Element>::moments(mo)
             }
             #[inline(always)]

@@ -35,8 +35,9 @@ pub fn worst(a: &Tensor, b: &Tensor, rtol: f64, atol: f64) -> Result<(f64, usize
     let mut w = (0.0, 0);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         let r = (x - y).abs() / (rtol * y.abs() + atol);
-        if !(r <= w.0) {
-            w = (if r.is_nan() { f64::INFINITY } else { r }, i);
+        let r = if r.is_nan() { f64::INFINITY } else { r };
+        if r > w.0 {
+            w = (r, i);
         }
     }
     Ok(w)
