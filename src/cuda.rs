@@ -63,6 +63,9 @@ impl CudaMoments {
     /// Zero moments for `param` (a CUDA tensor), on its device.
     pub(crate) fn zeros(param: &Tensor) -> Result<Self> {
         let dev = cuda_device(param)?.clone();
+        // Fail at construction (not at the first step) when this GPU cannot run the kernels,
+        // e.g. bf16 below sm_80.
+        module_for(&dev.cuda_stream(), param.dtype() == DType::BF16)?;
         let n = param.elem_count();
         let dtype = crate::moments::moment_dtype(param.dtype())?;
         let bufs = match (n, dtype) {
