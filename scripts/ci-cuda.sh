@@ -35,9 +35,9 @@ say "cargo build --release --features cuda --tests --examples (target $CARGO_TAR
 nice -n 10 cargo build --release --features cuda --tests --examples
 
 say "ptxas"
-ptx_dir=$(ls -d "$CARGO_TARGET_DIR"/release/build/candle-radam-*/out 2>/dev/null \
-  | while read -r d; do [[ -f "$d/radam.ptx" ]] && echo "$(stat -c %Y "$d/radam.ptx") $d"; done \
-  | sort -n | tail -1 | cut -d' ' -f2)
+# The newest generated radam.ptx (a build without `cuda` has an out dir without PTX).
+ptx_dir=$(find "$CARGO_TARGET_DIR"/release/build -path '*/candle-radam-*/out/radam.ptx' -printf '%T@ %h\n' \
+  2>/dev/null | sort -n | tail -1 | cut -d' ' -f2 || true)
 [[ -n "$ptx_dir" ]] || { echo "ci-cuda: no generated radam.ptx under $CARGO_TARGET_DIR" >&2; exit 1; }
 for ptx in "$ptx_dir"/*.ptx; do
   for arch in sm_80 sm_90; do

@@ -1,0 +1,467 @@
+//! GPU vs CPU (a module of `tests/cuda.rs`): the CUDA kernels must give what the CPU loop gives
+//! (which is pinned to torch by the other tests). Compiled only with `--features cuda`; every test prints that it was skipped
+//! and passes when no CUDA device can be opened (no GPU, no driver, or the stub driver of
+//! `scripts/cuda-toolchain.sh`).
+//!
+//! Tolerances: f32 within 1e-6 relative, f64 within 1e-12 relative, f16/bf16 within 1 ulp. (Both
+//! paths evaluate the same expressions in the same order without FMA contraction, so on a
+//! correct build they agree bit for bit; the tolerances leave room for a driver's JIT.)
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::Optimizer;
+use candle_radam::{NonFinite, ParamsRAdam, RAdam};
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The CUDA device, or `None` (and a note on stderr) when there is none.
+fn gpu(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let first = e.to_string().lines().next().unwrap_or("").to_string();
+            eprintln!("{test}: skipped, no CUDA device ({first})");
+            None
+        }
+    }
+}
+
+fn compute_capability(dev: &Device) -> (i32, i32) {
+    let Device::Cuda(d) = dev else { unreachable!() };
+    d.cuda_stream()
+        .context()
+        .compute_capability()
+        .expect("compute capability")
+}
+
+/// Whether the GPU runs bf16 kernels (sm_80+).
+fn has_bf16(dev: &Device) -> bool {
+    compute_capability(dev).0 >= 8
+}
+
+fn random(rng: &mut StdRng, n: usize, scale: f32, dtype: DType) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// The same variables on CPU and on the GPU, each with its optimizer.
+struct Pair {
+    cpu_vars: Vec<Var>,
+    gpu_vars: Vec<Var>,
+    cpu: RAdam,
+    gpu: RAdam,
+}
+
+impl Pair {
+    fn new(
+        specs: &[(usize, DType)],
+        params: &ParamsRAdam,
+        dev: &Device,
+        rng: &mut StdRng,
+    ) -> Result<Self> {
+        let mut cpu_vars = Vec::new();
+        let mut gpu_vars = Vec::new();
+        for &(n, dt) in specs {
+            let t = random(rng, n, 1.0, dt)?;
+            cpu_vars.push(Var::from_tensor(&t)?);
+            gpu_vars.push(Var::from_tensor(&t.to_device(dev)?)?);
+        }
+        let cpu = RAdam::new(cpu_vars.clone(), params.clone())?;
+        let gpu = RAdam::new(gpu_vars.clone(), params.clone())?;
+        Ok(Self {
+            cpu_vars,
+            gpu_vars,
+            cpu,
+            gpu,
+        })
+    }
+
+    /// One step on both sides with the same random gradients.
+    fn step(&mut self, rng: &mut StdRng, dev: &Device) -> Result<()> {
+        let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
+        for (c, g) in self.cpu_vars.iter().zip(&self.gpu_vars) {
+            let grad = random(rng, c.elem_count(), 0.5, c.dtype())?.reshape(c.shape())?;
+            gg.insert(g.as_tensor(), grad.to_device(dev)?);
+            gc.insert(c.as_tensor(), grad);
+        }
+        self.cpu.step(&gc)?;
+        self.gpu.step(&gg)?;
+        Ok(())
+    }
+
+    /// Asserts params (and, through saved state, moments) agree; returns the largest relative
+    /// f32/f64 difference seen and the largest ulp distance of half params.
+    fn compare(&self, what: &str) -> Result<(f64, i32)> {
+        let mut worst = (0f64, 0i32);
+        for (i, (c, g)) in self.cpu_vars.iter().zip(&self.gpu_vars).enumerate() {
+            let w = assert_close(
+                &format!("{what}: param {i}"),
+                c.as_tensor(),
+                &g.as_tensor().to_device(&Device::Cpu)?,
+            )?;
+            worst = (worst.0.max(w.0), worst.1.max(w.1));
+        }
+        let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
+        let (pc, pg) = (
+            dir.path().join("cpu.safetensors"),
+            dir.path().join("gpu.safetensors"),
+        );
+        self.cpu.save_state(&pc)?;
+        self.gpu.save_state(&pg)?;
+        let sc = candle_core::safetensors::load(&pc, &Device::Cpu)?;
+        let sg = candle_core::safetensors::load(&pg, &Device::Cpu)?;
+        assert_eq!(sc.len(), sg.len(), "{what}: state keys");
+        for (k, a) in &sc {
+            let b = sg
+                .get(k)
+                .unwrap_or_else(|| panic!("{what}: {k} missing from GPU state"));
+            let w = assert_close(&format!("{what}: state {k}"), a, b)?;
+            worst = (worst.0.max(w.0), worst.1.max(w.1));
+        }
+        Ok(worst)
+    }
+}
+
+/// Half-precision bits as an ordered integer (so that adjacent values differ by 1).
+fn ordered(bits: u16) -> i32 {
+    if bits & 0x8000 != 0 {
+        -((bits & 0x7fff) as i32)
+    } else {
+        bits as i32
+    }
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<(f64, i32)> {
+    assert_eq!((a.dtype(), a.dims()), (b.dtype(), b.dims()), "{what}");
+    let (a, b) = (a.flatten_all()?, b.flatten_all()?);
+    let rel = |x: f64, y: f64, tol: f64| -> f64 {
+        let d = (x - y).abs() / x.abs().max(y.abs()).max(1e-30);
+        assert!(
+            d <= tol || x.to_bits() == y.to_bits(),
+            "{what}: {x} vs {y} (rel {d:e} > {tol:e})"
+        );
+        if x == y {
+            0.0
+        } else {
+            d
+        }
+    };
+    let mut worst = (0f64, 0i32);
+    match a.dtype() {
+        DType::F32 => {
+            for (x, y) in a.to_vec1::<f32>()?.into_iter().zip(b.to_vec1::<f32>()?) {
+                worst.0 = worst.0.max(rel(x as f64, y as f64, 1e-6));
+            }
+        }
+        DType::F64 => {
+            for (x, y) in a.to_vec1::<f64>()?.into_iter().zip(b.to_vec1::<f64>()?) {
+                worst.0 = worst.0.max(rel(x, y, 1e-12));
+            }
+        }
+        DType::F16 | DType::BF16 => {
+            let bits = |t: &Tensor| -> Result<Vec<u16>> {
+                Ok(match t.dtype() {
+                    DType::F16 => t
+                        .to_vec1::<f16>()?
+                        .into_iter()
+                        .map(|x| x.to_bits())
+                        .collect(),
+                    _ => t
+                        .to_vec1::<bf16>()?
+                        .into_iter()
+                        .map(|x| x.to_bits())
+                        .collect(),
+                })
+            };
+            for (i, (x, y)) in bits(&a)?.into_iter().zip(bits(&b)?).enumerate() {
+                let d = (ordered(x) - ordered(y)).abs();
+                assert!(d <= 1, "{what}[{i}]: bits {x:#06x} vs {y:#06x} ({d} ulp)");
+                worst.1 = worst.1.max(d);
+            }
+        }
+        DType::I64 => assert_eq!(a.to_vec1::<i64>()?, b.to_vec1::<i64>()?, "{what}"),
+        d => panic!("{what}: unexpected dtype {d:?}"),
+    }
+    Ok(worst)
+}
+
+const SIZES: [usize; 7] = [0, 1, 3, 1023, 1024, 1025, (1 << 20) + 7];
+
+fn dtypes(dev: &Device) -> Vec<DType> {
+    let mut d = vec![DType::F32, DType::F16, DType::F64];
+    if has_bf16(dev) {
+        d.push(DType::BF16);
+    }
+    d
+}
+
+fn configs() -> Vec<(&'static str, ParamsRAdam)> {
+    vec![
+        (
+            "default",
+            ParamsRAdam {
+                lr: 1e-2,
+                ..Default::default()
+            },
+        ),
+        (
+            "coupled-wd",
+            ParamsRAdam {
+                lr: 1e-2,
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        ),
+        (
+            "decoupled-wd-no-sgd",
+            ParamsRAdam {
+                lr: 1e-2,
+                weight_decay: 0.1,
+                decoupled_weight_decay: true,
+                degenerate_to_sgd: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "adam",
+            ParamsRAdam {
+                lr: 1e-2,
+                rectify: false,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+#[test]
+fn every_dtype_and_size_matches_cpu() -> Result<()> {
+    let Some(dev) = gpu("every_dtype_and_size_matches_cpu") else {
+        return Ok(());
+    };
+    for dt in dtypes(&dev) {
+        for (name, params) in configs() {
+            let mut rng = StdRng::seed_from_u64(7);
+            let specs: Vec<(usize, DType)> = SIZES.iter().map(|&n| (n, dt)).collect();
+            let mut pair = Pair::new(&specs, &params, &dev, &mut rng)?;
+            // 12 steps: 1-5 take the SGD (or frozen) branch, 6-12 the rectified one.
+            for _ in 0..12 {
+                pair.step(&mut rng, &dev)?;
+            }
+            let (rel, ulp) = pair.compare(&format!("{dt:?} {name}"))?;
+            println!("{dt:?} {name}: max rel diff {rel:e}, max ulp {ulp}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn five_hundred_tensors_of_mixed_dtypes() -> Result<()> {
+    let Some(dev) = gpu("five_hundred_tensors_of_mixed_dtypes") else {
+        return Ok(());
+    };
+    let dts = dtypes(&dev);
+    let mut rng = StdRng::seed_from_u64(11);
+    let specs: Vec<(usize, DType)> = (0..500)
+        .map(|i| (rng.random_range(0..3000usize), dts[i % dts.len()]))
+        .collect();
+    for (name, params) in configs() {
+        let mut pair = Pair::new(&specs, &params, &dev, &mut rng)?;
+        for _ in 0..11 {
+            pair.step(&mut rng, &dev)?;
+        }
+        let (rel, ulp) = pair.compare(&format!("500 tensors {name}"))?;
+        println!("500 tensors {name}: max rel diff {rel:e}, max ulp {ulp}");
+    }
+    Ok(())
+}
+
+#[test]
+fn unaligned_gradients_take_the_scalar_path() -> Result<()> {
+    let Some(dev) = gpu("unaligned_gradients_take_the_scalar_path") else {
+        return Ok(());
+    };
+    for dt in dtypes(&dev) {
+        let mut rng = StdRng::seed_from_u64(3);
+        let specs = [(1025usize, dt), (4099, dt), (5, dt)];
+        let mut pair = Pair::new(
+            &specs,
+            &ParamsRAdam {
+                lr: 1e-2,
+                ..Default::default()
+            },
+            &dev,
+            &mut rng,
+        )?;
+        for _ in 0..10 {
+            let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
+            for (c, g) in pair.cpu_vars.iter().zip(&pair.gpu_vars) {
+                let n = c.elem_count();
+                // A contiguous grad that starts one element into its storage.
+                let big = random(&mut rng, n + 1, 0.5, dt)?;
+                let gpu_big = big.to_device(&dev)?;
+                gg.insert(g.as_tensor(), gpu_big.narrow(0, 1, n)?);
+                gc.insert(c.as_tensor(), big.narrow(0, 1, n)?);
+            }
+            pair.cpu.step(&gc)?;
+            pair.gpu.step(&gg)?;
+        }
+        pair.compare(&format!("{dt:?} unaligned"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn state_moves_between_gpu_and_cpu() -> Result<()> {
+    let Some(dev) = gpu("state_moves_between_gpu_and_cpu") else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
+    for dt in dtypes(&dev) {
+        let mut rng = StdRng::seed_from_u64(5);
+        let specs = [(3usize, dt), (1025, dt), (0, dt)];
+        let params = ParamsRAdam {
+            lr: 1e-2,
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let mut pair = Pair::new(&specs, &params, &dev, &mut rng)?;
+        for _ in 0..7 {
+            pair.step(&mut rng, &dev)?;
+        }
+        // GPU state -> CPU optimizer, CPU state -> GPU optimizer: both must carry on identically.
+        let (from_gpu, from_cpu) = (
+            dir.path().join("g.safetensors"),
+            dir.path().join("c.safetensors"),
+        );
+        pair.gpu.save_state(&from_gpu)?;
+        pair.cpu.save_state(&from_cpu)?;
+        let mut cpu2 = RAdam::new(pair.cpu_vars.clone(), params.clone())?;
+        cpu2.load_state(&from_gpu)?;
+        let mut gpu2 = RAdam::new(pair.gpu_vars.clone(), params.clone())?;
+        gpu2.load_state(&from_cpu)?;
+        assert_eq!((cpu2.step_count(), gpu2.step_count()), (7, 7));
+        pair.cpu = cpu2;
+        pair.gpu = gpu2;
+        for _ in 0..5 {
+            pair.step(&mut rng, &dev)?;
+        }
+        pair.compare(&format!("{dt:?} after state round trip"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn non_finite_gradients_on_gpu() -> Result<()> {
+    let Some(dev) = gpu("non_finite_gradients_on_gpu") else {
+        return Ok(());
+    };
+    for dt in dtypes(&dev) {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for policy in [NonFinite::Error, NonFinite::Skip, NonFinite::Propagate] {
+                let mut rng = StdRng::seed_from_u64(9);
+                let params = ParamsRAdam {
+                    non_finite: policy,
+                    ..Default::default()
+                };
+                let vars: Vec<Var> = [10usize, 5000, 7]
+                    .iter()
+                    .map(|&n| Var::from_tensor(&random(&mut rng, n, 1.0, dt)?.to_device(&dev)?))
+                    .collect::<Result<_>>()?;
+                let before: Vec<Tensor> = vars
+                    .iter()
+                    .map(|v| v.to_device(&Device::Cpu))
+                    .collect::<Result<_>>()?;
+                let mut opt = RAdam::new(vars.clone(), params)?;
+                let mut grads = GradStore::default();
+                for (i, v) in vars.iter().enumerate() {
+                    let mut g: Vec<f32> = (0..v.elem_count())
+                        .map(|_| rng.random_range(-1.0f32..1.0))
+                        .collect();
+                    if i == 1 {
+                        g[4097] = bad; // in the second chunk of the second tensor
+                    }
+                    let g = Tensor::from_vec(g, v.elem_count(), &Device::Cpu)?
+                        .to_dtype(dt)?
+                        .to_device(&dev)?;
+                    grads.insert(v.as_tensor(), g);
+                }
+                let res = opt.step(&grads);
+                let unchanged = || -> Result<bool> {
+                    for (v, b) in vars.iter().zip(&before) {
+                        let a = v.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+                        let d = (a - b.to_dtype(DType::F64)?)?
+                            .abs()?
+                            .max_all()?
+                            .to_scalar::<f64>()?;
+                        if d != 0.0 {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                };
+                match policy {
+                    NonFinite::Error => {
+                        let e = res.expect_err("a non-finite grad must be an error");
+                        assert!(e.to_string().contains("param.1"), "{e}");
+                        assert!(unchanged()?, "{dt:?}: params changed on error");
+                        assert_eq!(opt.step_count(), 0);
+                    }
+                    NonFinite::Skip => {
+                        res?;
+                        assert!(unchanged()?, "{dt:?}: params changed on skip");
+                        assert_eq!((opt.step_count(), opt.skipped_steps()), (0, 1));
+                    }
+                    NonFinite::Propagate => {
+                        res?;
+                        assert_eq!(opt.step_count(), 1);
+                        let p = vars[1]
+                            .to_device(&Device::Cpu)?
+                            .to_dtype(DType::F32)?
+                            .to_vec1::<f32>()?;
+                        assert!(
+                            !p[4097].is_finite(),
+                            "{dt:?}: NaN/inf should propagate, got {}",
+                            p[4097]
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bf16_needs_sm80_and_says_so() -> Result<()> {
+    let Some(dev) = gpu("bf16_needs_sm80_and_says_so") else {
+        return Ok(());
+    };
+    // candle itself may not build bf16 tensors on an old GPU: then there is nothing to check.
+    let t = match Tensor::ones(100, DType::F32, &Device::Cpu)?
+        .to_dtype(DType::BF16)?
+        .to_device(&dev)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "bf16_needs_sm80_and_says_so: skipped, candle cannot make bf16 tensors here ({e})"
+            );
+            return Ok(());
+        }
+    };
+    let v = Var::from_tensor(&t)?;
+    let mut opt = RAdam::new(vec![v.clone()], ParamsRAdam::default())?;
+    let mut grads = GradStore::default();
+    grads.insert(v.as_tensor(), t.copy()?);
+    let res = opt.step(&grads);
+    if has_bf16(&dev) {
+        res?;
+    } else {
+        let e = res.expect_err("bf16 below sm_80 must be refused");
+        assert!(e.to_string().contains("8.0"), "unclear error: {e}");
+    }
+    Ok(())
+}
