@@ -58,18 +58,10 @@ fn build_kernels() -> Result<(), String> {
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
     }
-    for src in sources
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-    {
+    for src in sources.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")) {
         let stem = src.file_stem().unwrap().to_string_lossy().to_string();
         compile(&nvcc, src, &out_dir.join(format!("{stem}.ptx")), base_arch)?;
-        compile(
-            &nvcc,
-            src,
-            &out_dir.join(format!("{stem}_sm80.ptx")),
-            hi_arch,
-        )?;
+        compile(&nvcc, src, &out_dir.join(format!("{stem}_sm80.ptx")), hi_arch)?;
     }
     // The archs of both PTX files, so the loader knows which GPUs can take them.
     std::fs::write(
@@ -114,9 +106,7 @@ fn find_nvcc() -> Option<PathBuf> {
             }
         }
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("nvcc"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("nvcc")).find(|p| p.is_file())
 }
 
 fn nvcc_major(nvcc: &Path) -> Result<u32, String> {
@@ -131,9 +121,6 @@ fn nvcc_major(nvcc: &Path) -> Result<u32, String> {
         .and_then(|r| r.split('.').next())
         .and_then(|m| m.trim().parse().ok())
         .ok_or_else(|| {
-            format!(
-                "cannot read the CUDA version from `{} --version`:\n{text}",
-                nvcc.display()
-            )
+            format!("cannot read the CUDA version from `{} --version`:\n{text}", nvcc.display())
         })
 }

@@ -104,9 +104,16 @@ fn sync(dev: &Device) -> Result<()> {
 
 /// Same-process copy of `bytes / 2` bytes from one buffer to another (reads + writes = `bytes`).
 enum CopyProbe {
-    Cpu { src: Vec<u8>, dst: Vec<u8> },
+    Cpu {
+        src: Vec<u8>,
+        dst: Vec<u8>,
+    },
     #[cfg(feature = "cuda")]
-    Cuda { src: cudarc::driver::CudaSlice<u8>, dst: cudarc::driver::CudaSlice<u8>, stream: std::sync::Arc<cudarc::driver::CudaStream> },
+    Cuda {
+        src: cudarc::driver::CudaSlice<u8>,
+        dst: cudarc::driver::CudaSlice<u8>,
+        stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    },
 }
 
 impl CopyProbe {
@@ -128,7 +135,10 @@ impl CopyProbe {
     fn run(&mut self) -> Result<()> {
         match self {
             // Parallel over the same rayon pool the CPU step uses.
-            Self::Cpu { src, dst } => dst.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s)),
+            Self::Cpu { src, dst } => dst
+                .par_chunks_mut(1 << 20)
+                .zip(src.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s)),
             #[cfg(feature = "cuda")]
             Self::Cuda { src, dst, stream } => stream.memcpy_dtod(src, dst)?,
         }
@@ -155,7 +165,11 @@ fn time_ms(dev: &Device, steps: usize, mut f: impl FnMut() -> Result<()>) -> Res
 fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> {
     let shapes = shapes(layout);
     let n: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-    println!("\n== {layout:?}: {} tensors, {:.1}M params, {dtype:?}, {dev:?}", shapes.len(), n as f64 / 1e6);
+    println!(
+        "\n== {layout:?}: {} tensors, {:.1}M params, {dtype:?}, {dev:?}",
+        shapes.len(),
+        n as f64 / 1e6
+    );
     let mut vars = Vec::new();
     let mut grads = GradStore::default();
     for s in &shapes {
@@ -165,8 +179,16 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
     }
     let params = ParamsRAdam { lr: 1e-4, ..Default::default() };
     let mut radam = RAdam::new(vars.clone(), params.clone())?;
-    let mut radam_ng = RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Propagate, ..params })?;
-    let mut adamw = if args.no_adamw { None } else { Some(AdamW::new(vars.clone(), ParamsAdamW { lr: 1e-4, weight_decay: 0.0, ..Default::default() })?) };
+    let mut radam_ng =
+        RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Propagate, ..params })?;
+    let mut adamw = if args.no_adamw {
+        None
+    } else {
+        Some(AdamW::new(
+            vars.clone(),
+            ParamsAdamW { lr: 1e-4, weight_decay: 0.0, ..Default::default() },
+        )?)
+    };
     let bytes = bytes_per_param(dtype) * n;
     let mut probe = CopyProbe::new(dev, bytes)?;
 
@@ -196,14 +218,34 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
     let gbs = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
     println!("{:<34} {:>10} {:>9} {:>16}", "method", "ms/step", "GB/s", "vs copy probe");
     println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "copy probe (same bytes)", c, gbs(c), 1.0);
-    println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "candle-radam (non-finite guard)", r, gbs(r), c / r);
-    println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "candle-radam (NonFinite::Propagate)", rng, gbs(rng), c / rng);
+    println!(
+        "{:<34} {:>10.3} {:>9.1} {:>16.3}",
+        "candle-radam (non-finite guard)",
+        r,
+        gbs(r),
+        c / r
+    );
+    println!(
+        "{:<34} {:>10.3} {:>9.1} {:>16.3}",
+        "candle-radam (NonFinite::Propagate)",
+        rng,
+        gbs(rng),
+        c / rng
+    );
     if !t_a.is_empty() {
         let a = median(t_a);
         println!("{:<34} {:>10.3} {:>9.1} {:>16.3}", "candle-nn AdamW", a, gbs(a), c / a);
-        println!("speedup of candle-radam over candle-nn AdamW: {:.1}x (guarded), {:.1}x (unguarded)", a / r, a / rng);
+        println!(
+            "speedup of candle-radam over candle-nn AdamW: {:.1}x (guarded), {:.1}x (unguarded)",
+            a / r,
+            a / rng
+        );
     }
-    println!("bytes per param {}, threads {}", bytes_per_param(dtype), rayon::current_num_threads());
+    println!(
+        "bytes per param {}, threads {}",
+        bytes_per_param(dtype),
+        rayon::current_num_threads()
+    );
     Ok(())
 }
 
@@ -227,7 +269,8 @@ fn main() -> Result<()> {
         other => bail!("unknown dtype {other}"),
     };
     let layout = args.layout.unwrap_or(if dev.is_cpu() { Layout::Mixed } else { Layout::All });
-    let layouts = if layout == Layout::All { vec![Layout::Gpt2, Layout::OneB] } else { vec![layout] };
+    let layouts =
+        if layout == Layout::All { vec![Layout::Gpt2, Layout::OneB] } else { vec![layout] };
     for l in layouts {
         bench(&args, &dev, l, dtype)?;
     }

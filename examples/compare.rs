@@ -101,11 +101,7 @@ mod cuda_main {
                     h = h.tanh()?;
                 }
             }
-            h.to_dtype(DType::F32)?
-                .squeeze(D::Minus1)?
-                .sub(y)?
-                .sqr()?
-                .mean_all()
+            h.to_dtype(DType::F32)?.squeeze(D::Minus1)?.sub(y)?.sqr()?.mean_all()
         }
     }
 
@@ -130,9 +126,8 @@ mod cuda_main {
 
         // Data: a fixed random batch, y = sum(sin(x)) / sqrt(inputs).
         let mut rng = StdRng::seed_from_u64(a.seed);
-        let xs: Vec<f32> = (0..a.batch * a.inputs)
-            .map(|_| rng.random_range(-2.0f32..2.0))
-            .collect();
+        let xs: Vec<f32> =
+            (0..a.batch * a.inputs).map(|_| rng.random_range(-2.0f32..2.0)).collect();
         let ys: Vec<f32> = xs
             .chunks(a.inputs)
             .map(|r| r.iter().map(|v| v.sin()).sum::<f32>() / (a.inputs as f32).sqrt())
@@ -157,10 +152,7 @@ mod cuda_main {
                 dg[n].set(&dc[n].to_device(&gpu)?)?;
             }
         }
-        let params = ParamsRAdam {
-            lr: a.lr,
-            ..Default::default()
-        };
+        let params = ParamsRAdam { lr: a.lr, ..Default::default() };
         let mut o_cpu = RAdam::from_varmap(&vm_cpu, params.clone())?;
         let mut o_gpu = RAdam::from_varmap(&vm_gpu, params)?;
         let n_params: usize = vm_cpu.all_vars().iter().map(|v| v.elem_count()).sum();
@@ -205,10 +197,7 @@ mod cuda_main {
                 bail!("parameters are not finite at step {step}");
             }
         }
-        println!(
-            "compare: worst relative drift {worst:.3e} (tolerance {:.1e})",
-            a.tol
-        );
+        println!("compare: worst relative drift {worst:.3e} (tolerance {:.1e})", a.tol);
         if worst > a.tol {
             eprintln!("compare: FAILED, drift {worst:.3e} > {:.1e}", a.tol);
             std::process::exit(1);

@@ -6,7 +6,9 @@
 //! inner loop is branch-free per element so the compiler turns it into SIMD. f16/bf16 params are
 //! converted to f32 in blocks (half's bulk conversions), updated, and rounded back to nearest even.
 
-use candle_core::{backend::BackendStorage, bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor,
+};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -35,8 +37,12 @@ impl CpuMoments {
     pub(crate) fn to_tensors(&self) -> Result<(Tensor, Tensor)> {
         let dev = candle_core::Device::Cpu;
         Ok(match self {
-            Self::F32 { m, v } => (Tensor::from_slice(m, m.len(), &dev)?, Tensor::from_slice(v, v.len(), &dev)?),
-            Self::F64 { m, v } => (Tensor::from_slice(m, m.len(), &dev)?, Tensor::from_slice(v, v.len(), &dev)?),
+            Self::F32 { m, v } => {
+                (Tensor::from_slice(m, m.len(), &dev)?, Tensor::from_slice(v, v.len(), &dev)?)
+            }
+            Self::F64 { m, v } => {
+                (Tensor::from_slice(m, m.len(), &dev)?, Tensor::from_slice(v, v.len(), &dev)?)
+            }
         })
     }
 
@@ -152,7 +158,13 @@ trait Element: Copy + Send + Sync + 'static {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
     fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, Self::Acc>>;
-    fn update(p: &mut [Self], g: &[Self], m: &mut [Self::Acc], v: &mut [Self::Acc], k: &Coeffs<Self::Acc>);
+    fn update(
+        p: &mut [Self],
+        g: &[Self],
+        m: &mut [Self::Acc],
+        v: &mut [Self::Acc],
+        k: &Coeffs<Self::Acc>,
+    );
     /// True if any element is a NaN or an infinity (exponent bits all ones), branch-free.
     fn any_nonfinite(x: &[Self]) -> bool;
 }
@@ -269,7 +281,13 @@ fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
 }
 
 /// Splits a large slice into rayon tasks; small ones run inline.
-fn par_update<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
+fn par_update<T: Element>(
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T::Acc],
+    v: &mut [T::Acc],
+    k: &Coeffs<T::Acc>,
+) {
     if p.len() <= CHUNK {
         update_chunk(p, g, m, v, k);
     } else {
@@ -284,7 +302,13 @@ fn par_update<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Ac
 /// `T::update`, compiled for AVX2 where the CPU has it. Only the vector width changes: Rust never
 /// contracts to FMA and IEEE `sqrt` / division are exact at any width, so results are identical.
 #[inline]
-fn update_chunk<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
+fn update_chunk<T: Element>(
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T::Acc],
+    v: &mut [T::Acc],
+    k: &Coeffs<T::Acc>,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
@@ -295,7 +319,13 @@ fn update_chunk<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn update_avx2<T: Element>(p: &mut [T], g: &[T], m: &mut [T::Acc], v: &mut [T::Acc], k: &Coeffs<T::Acc>) {
+unsafe fn update_avx2<T: Element>(
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T::Acc],
+    v: &mut [T::Acc],
+    k: &Coeffs<T::Acc>,
+) {
     T::update(p, g, m, v, k)
 }
 
@@ -306,7 +336,13 @@ struct StepOp<'a> {
 }
 
 impl StepOp<'_> {
-    fn run<T: Element>(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> Result<()> {
+    fn run<T: Element>(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        src: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<()> {
         let (ps, pe) = span(dl, "parameter")?;
         let (gs, ge) = span(sl, "gradient")?;
         let (Some(p), Some(g)) = (T::slice_mut(dst), T::slice(src)) else {
@@ -328,7 +364,13 @@ impl InplaceOp2 for StepOp<'_> {
         "radam-step"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        src: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<()> {
         match dst {
             CpuStorage::F32(_) => self.run::<f32>(dst, dl, src, sl),
             CpuStorage::F64(_) => self.run::<f64>(dst, dl, src, sl),
@@ -341,7 +383,12 @@ impl InplaceOp2 for StepOp<'_> {
 
 /// One step for one CPU variable. The caller has checked shapes, dtypes, devices, contiguity and
 /// that `grad` does not share `param`'s storage.
-pub(crate) fn step(param: &Tensor, grad: &Tensor, moments: &mut CpuMoments, k: &StepScalars) -> Result<()> {
+pub(crate) fn step(
+    param: &Tensor,
+    grad: &Tensor,
+    moments: &mut CpuMoments,
+    k: &StepScalars,
+) -> Result<()> {
     param.inplace_op2(grad, &StepOp { moments: Mutex::new(moments), k })
 }
 

@@ -158,9 +158,7 @@ fn raw_ptr<'s>(
     offset: usize,
     stream: &'s CudaStream,
 ) -> Result<(u64, SyncOnDrop<'s>)> {
-    let Storage::Cuda(c) = s else {
-        bail!("RAdam: expected a CUDA tensor")
-    };
+    let Storage::Cuda(c) = s else { bail!("RAdam: expected a CUDA tensor") };
     let n = t.elem_count();
     macro_rules! ptr {
         ($ty:ty) => {{
@@ -255,25 +253,15 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
         }
         let map_word = words.len();
         words.extend(
-            map.chunks(2)
-                .map(|c| c[0] as u64 | (c.get(1).copied().unwrap_or(0) as u64) << 32),
+            map.chunks(2).map(|c| c[0] as u64 | (c.get(1).copied().unwrap_or(0) as u64) << 32),
         );
-        groups.push(Group {
-            kind,
-            blocks: map.len() as u32,
-            table_word,
-            map_word,
-        });
+        groups.push(Group { kind, blocks: map.len() as u32, table_word, map_word });
     }
     Ok((words, groups))
 }
 
 fn launch_config(blocks: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Index into `items` of the first one whose gradient holds a NaN or an infinity.
@@ -303,16 +291,7 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
             gp = ptr;
             guards.push(guard);
         }
-        table.push((
-            g.dtype(),
-            Ptrs {
-                p: 0,
-                g: gp,
-                m: 0,
-                v: 0,
-                n,
-            },
-        ));
+        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -348,10 +327,8 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
     let dev = cuda_device(first.param)?.clone();
     let stream = dev.cuda_stream();
     let tensors: Vec<(&Tensor, &Tensor)> = items.iter().map(|it| (it.param, it.grad)).collect();
-    let storages: Vec<_> = tensors
-        .iter()
-        .map(|(p, g)| (p.storage_and_layout(), g.storage_and_layout()))
-        .collect();
+    let storages: Vec<_> =
+        tensors.iter().map(|(p, g)| (p.storage_and_layout(), g.storage_and_layout())).collect();
     let first_dev = first.param.device().clone();
     let mut guards = Vec::with_capacity(4 * items.len());
     let mut table = Vec::with_capacity(items.len());
@@ -365,16 +342,7 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
             bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
         }
         if n == 0 {
-            table.push((
-                p.dtype(),
-                Ptrs {
-                    p: 0,
-                    g: 0,
-                    m: 0,
-                    v: 0,
-                    n: 0,
-                },
-            ));
+            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0 }));
             continue;
         }
         let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
@@ -396,21 +364,9 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
                 guards.push(vg);
                 (mp, vp)
             }
-            _ => bail!(
-                "RAdam: moments of a {:?} variable have the wrong dtype",
-                p.dtype()
-            ),
+            _ => bail!("RAdam: moments of a {:?} variable have the wrong dtype", p.dtype()),
         };
-        table.push((
-            p.dtype(),
-            Ptrs {
-                p: pp,
-                g: gp,
-                m: mp,
-                v: vp,
-                n: n as u64,
-            },
-        ));
+        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64 }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -421,15 +377,7 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
     let dev_table = w(stream.clone_htod(&words))?;
     let update = k.update as u8 as i32;
     // The scalars, rounded once from f64 to the kernels' math type.
-    let s64 = [
-        k.one_minus_beta1,
-        k.beta2,
-        k.one_minus_beta2,
-        k.step_size,
-        k.eps,
-        k.l2,
-        k.decay,
-    ];
+    let s64 = [k.one_minus_beta1, k.beta2, k.one_minus_beta2, k.step_size, k.eps, k.l2, k.decay];
     let s32 = s64.map(|x| x as f32);
     {
         let (base, _t) = dev_table.device_ptr(&stream);
@@ -482,16 +430,25 @@ mod tests {
         // F32 group first (KINDS order), then F16.
         assert_eq!(groups.len(), 2);
         let (g32, g16) = (&groups[0], &groups[1]);
-        assert_eq!((KINDS[g32.kind].0, g32.blocks, g32.table_word, g32.map_word), (DType::F32, 5, 0, 16));
+        assert_eq!(
+            (KINDS[g32.kind].0, g32.blocks, g32.table_word, g32.map_word),
+            (DType::F32, 5, 0, 16)
+        );
         assert_eq!(
             &w[0..8],
             &[0x30_0004, 0x30_1004, 0x30_2004, 0x30_3004, 1, 0, 0b00, 2],
             "unaligned entry"
         );
-        assert_eq!(&w[8..16], &[0x50_0000, 0x50_1000, 0x50_2000, 0x50_3000, 3 * CHUNK + 1, 1, 0b11, 4]);
+        assert_eq!(
+            &w[8..16],
+            &[0x50_0000, 0x50_1000, 0x50_2000, 0x50_3000, 3 * CHUNK + 1, 1, 0b11, 4]
+        );
         // Block map 0,1,1,1,1 packed as (1<<32|0), (1<<32|1), (0<<32|1).
         assert_eq!(&w[16..19], &[1 << 32, 1 << 32 | 1, 1]);
-        assert_eq!((KINDS[g16.kind].0, g16.blocks, g16.table_word, g16.map_word), (DType::F16, 3, 19, 35));
+        assert_eq!(
+            (KINDS[g16.kind].0, g16.blocks, g16.table_word, g16.map_word),
+            (DType::F16, 3, 19, 35)
+        );
         assert_eq!(&w[19..27], &[0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, 4097, 0, 0b11, 0]);
         assert_eq!(&w[27..35], &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3]);
         assert_eq!(&w[35..37], &[0, 1]); // map 0,0,1
@@ -500,7 +457,8 @@ mod tests {
 
     #[test]
     fn nothing_to_launch_for_empty_tensors() {
-        let (w, groups) = build_table(&[(DType::F32, ptrs(0, 0)), (DType::BF16, ptrs(0, 0))]).unwrap();
+        let (w, groups) =
+            build_table(&[(DType::F32, ptrs(0, 0)), (DType::BF16, ptrs(0, 0))]).unwrap();
         assert!(w.is_empty() && groups.is_empty());
     }
 }

@@ -45,7 +45,11 @@ impl Moments {
     }
 
     /// Moments for `param` from CPU tensors already checked to have the right shape and dtype.
-    pub(crate) fn from_tensors(param: &Tensor, m: &Tensor, v: &Tensor) -> candle_core::Result<Self> {
+    pub(crate) fn from_tensors(
+        param: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<Self> {
         let (m, v) = (m.flatten_all()?, v.flatten_all()?);
         match param.device() {
             Device::Cpu => Ok(Self::Cpu(CpuMoments::from_tensors(&m, &v)?)),

@@ -1,6 +1,6 @@
 //! The [`RAdam`] optimizer: variables, their moments, the step counter, and `step`.
 
-use candle_core::{bail, backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, bail, Result, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
@@ -74,7 +74,8 @@ impl RAdam {
             if !var.is_contiguous() {
                 bail!("RAdam: variable '{name}' is not contiguous");
             }
-            let moments = Moments::zeros(var.as_tensor()).map_err(|e| e.context(format!("variable '{name}'")))?;
+            let moments = Moments::zeros(var.as_tensor())
+                .map_err(|e| e.context(format!("variable '{name}'")))?;
             slots.push(Slot { name, var, moments });
         }
         Ok(Self { slots, params, t: 0, skipped: 0 })
@@ -118,19 +119,32 @@ impl RAdam {
     fn collect_grads(&self, grads: &GradStore) -> Result<Vec<(usize, Tensor)>> {
         // The update writes every param while reading every grad (in parallel): a grad backed by
         // any param's storage would be read while written (or deadlock on its lock), so copy it.
-        let param_storages: std::collections::HashSet<usize> = self.slots.iter().map(|s| storage_key(&s.var)).collect();
+        let param_storages: std::collections::HashSet<usize> =
+            self.slots.iter().map(|s| storage_key(&s.var)).collect();
         let mut out = Vec::with_capacity(self.slots.len());
         for (i, s) in self.slots.iter().enumerate() {
             let Some(g) = grads.get(&s.var) else { continue };
             let name = &s.name;
             if g.shape() != s.var.shape() {
-                bail!("RAdam: gradient of '{name}' has shape {:?}, the variable {:?}", g.shape(), s.var.shape());
+                bail!(
+                    "RAdam: gradient of '{name}' has shape {:?}, the variable {:?}",
+                    g.shape(),
+                    s.var.shape()
+                );
             }
             if g.dtype() != s.var.dtype() {
-                bail!("RAdam: gradient of '{name}' has dtype {:?}, the variable {:?}", g.dtype(), s.var.dtype());
+                bail!(
+                    "RAdam: gradient of '{name}' has dtype {:?}, the variable {:?}",
+                    g.dtype(),
+                    s.var.dtype()
+                );
             }
             if !g.device().same_device(s.var.device()) {
-                bail!("RAdam: gradient of '{name}' is on {:?}, the variable on {:?}", g.device(), s.var.device());
+                bail!(
+                    "RAdam: gradient of '{name}' is on {:?}, the variable on {:?}",
+                    g.device(),
+                    s.var.device()
+                );
             }
             let g = if !g.is_contiguous() {
                 g.contiguous()? // a fresh, row-major storage
@@ -146,8 +160,12 @@ impl RAdam {
 
     /// The name of the first variable whose gradient holds a NaN or an infinity.
     fn first_nonfinite(&mut self, work: &[(usize, Tensor)]) -> Result<Option<String>> {
-        let cpu: Vec<&(usize, Tensor)> = work.iter().filter(|(i, _)| self.slots[*i].var.device().is_cpu()).collect();
-        let flags = cpu.par_iter().map(|(_, g)| crate::cpu::any_nonfinite(g)).collect::<Result<Vec<bool>>>()?;
+        let cpu: Vec<&(usize, Tensor)> =
+            work.iter().filter(|(i, _)| self.slots[*i].var.device().is_cpu()).collect();
+        let flags = cpu
+            .par_iter()
+            .map(|(_, g)| crate::cpu::any_nonfinite(g))
+            .collect::<Result<Vec<bool>>>()?;
         if let Some(k) = flags.iter().position(|&b| b) {
             return Ok(Some(self.slots[cpu[k].0].name.clone()));
         }
@@ -199,8 +217,12 @@ fn grads_by_slot(n: usize, work: &[(usize, Tensor)]) -> Vec<Option<&Tensor>> {
 /// The CUDA variables that have a gradient, grouped by device (one multi-tensor launch each),
 /// with their slot indices.
 #[cfg(feature = "cuda")]
-fn cuda_batches<'a>(slots: &'a mut [Slot], by_slot: &[Option<&'a Tensor>]) -> Vec<(Vec<usize>, Vec<crate::cuda::Item<'a>>)> {
-    let mut batches: Vec<(candle_core::DeviceLocation, Vec<usize>, Vec<crate::cuda::Item<'a>>)> = Vec::new();
+fn cuda_batches<'a>(
+    slots: &'a mut [Slot],
+    by_slot: &[Option<&'a Tensor>],
+) -> Vec<(Vec<usize>, Vec<crate::cuda::Item<'a>>)> {
+    let mut batches: Vec<(candle_core::DeviceLocation, Vec<usize>, Vec<crate::cuda::Item<'a>>)> =
+        Vec::new();
     for (i, (s, g)) in slots.iter_mut().zip(by_slot).enumerate() {
         let (Moments::Cuda(m), Some(g)) = (&mut s.moments, g) else { continue };
         let loc = s.var.device().location();
@@ -240,7 +262,10 @@ impl candle_nn::Optimizer for RAdam {
                     self.skipped += 1;
                     return Ok(());
                 }
-                bail!("RAdam: non-finite gradient for '{name}' at step {}; nothing was updated", self.t + 1);
+                bail!(
+                    "RAdam: non-finite gradient for '{name}' at step {}; nothing was updated",
+                    self.t + 1
+                );
             }
         }
         let k = StepScalars::new(&self.params, self.t + 1);

@@ -96,7 +96,8 @@ impl StepScalars {
         };
 
         let decoupled = p.decoupled_weight_decay && p.weight_decay != 0.0;
-        let decay = if decoupled && update != Update::Frozen { 1.0 - p.lr * p.weight_decay } else { 1.0 };
+        let decay =
+            if decoupled && update != Update::Frozen { 1.0 - p.lr * p.weight_decay } else { 1.0 };
         let l2 = if p.decoupled_weight_decay { 0.0 } else { p.weight_decay };
 
         Self {

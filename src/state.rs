@@ -29,7 +29,11 @@ fn counter(x: u64) -> Result<Tensor> {
 
 fn read_counter(t: &Tensor, key: &str) -> Result<u64> {
     if t.dtype() != DType::I64 || t.dims() != [1] {
-        bail!("RAdam state: '{key}' must be an i64 tensor of shape [1], got {:?} {:?}", t.dtype(), t.dims());
+        bail!(
+            "RAdam state: '{key}' must be an i64 tensor of shape [1], got {:?} {:?}",
+            t.dtype(),
+            t.dims()
+        );
     }
     let x = t.to_vec1::<i64>()?[0];
     if x < 0 {
@@ -52,10 +56,13 @@ impl RAdam {
         tensors.insert(STEP.to_string(), counter(self.t)?);
         tensors.insert(SKIPPED.to_string(), counter(self.skipped)?);
 
-        let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name =
+            path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
         let written = candle_core::safetensors::save(&tensors, &tmp).and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| candle_core::Error::Msg(format!("RAdam: renaming {tmp:?} to {path:?}: {e}")))
+            std::fs::rename(&tmp, path).map_err(|e| {
+                candle_core::Error::Msg(format!("RAdam: renaming {tmp:?} to {path:?}: {e}"))
+            })
         });
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -72,7 +79,8 @@ impl RAdam {
         let mut file = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| e.context(format!("RAdam: reading state from {path:?}")))?;
         let t = read_counter(file.get(STEP).ok_or_else(|| missing(path, STEP))?, STEP)?;
-        let skipped = read_counter(file.get(SKIPPED).ok_or_else(|| missing(path, SKIPPED))?, SKIPPED)?;
+        let skipped =
+            read_counter(file.get(SKIPPED).ok_or_else(|| missing(path, SKIPPED))?, SKIPPED)?;
         file.remove(STEP);
         file.remove(SKIPPED);
 
@@ -110,5 +118,7 @@ impl RAdam {
 }
 
 fn missing(path: &Path, key: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("RAdam state: {path:?} has no '{key}' (not a state file of this model?)"))
+    candle_core::Error::Msg(format!(
+        "RAdam state: {path:?} has no '{key}' (not a state file of this model?)"
+    ))
 }

@@ -15,7 +15,10 @@ fn var(n: usize, seed: u64, dtype: DType) -> Var {
 }
 
 fn grad(v: &Var, seed: u64, t: u64) -> Tensor {
-    hash_tensor(v.elem_count(), seed, t, v.dtype(), 1.0, 0.25, &DEV).unwrap().reshape(v.shape()).unwrap()
+    hash_tensor(v.elem_count(), seed, t, v.dtype(), 1.0, 0.25, &DEV)
+        .unwrap()
+        .reshape(v.shape())
+        .unwrap()
 }
 
 fn grads_for(vars: &[Var], t: u64) -> GradStore {
@@ -32,8 +35,12 @@ fn bits(t: &Tensor) -> Vec<u64> {
     match t.dtype() {
         DType::F32 => t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
         DType::F64 => t.to_vec1::<f64>().unwrap().iter().map(|x| x.to_bits()).collect(),
-        DType::F16 => t.to_vec1::<half::f16>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
-        DType::BF16 => t.to_vec1::<half::bf16>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
+        DType::F16 => {
+            t.to_vec1::<half::f16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
+        }
+        DType::BF16 => {
+            t.to_vec1::<half::bf16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
+        }
         d => panic!("{d:?}"),
     }
 }
@@ -55,7 +62,12 @@ fn snapshot(opt: &RAdam, vars: &[Var]) -> (Vec<Vec<u64>>, Vec<u8>, u64, u64) {
             }
         }
     }
-    (vars.iter().map(|v| bits(v.as_tensor())).collect(), state_bits, opt.step_count(), opt.skipped_steps())
+    (
+        vars.iter().map(|v| bits(v.as_tensor())).collect(),
+        state_bits,
+        opt.step_count(),
+        opt.skipped_steps(),
+    )
 }
 
 fn three_vars() -> Vec<Var> {
@@ -147,11 +159,30 @@ fn non_finite_gradients_error_by_default_and_change_nothing() {
         opt.step(&grads_for(&vars, 1)).unwrap();
         let mut g = grads_for(&vars, 2);
         let v = &vars[bad_idx];
-        let mut host = grad(v, 7, 2).to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let mut host = grad(v, 7, 2)
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let last = host.len() - 1;
         host[last] = value; // at the very end: the scan must reach the tail
-        g.insert(v, Tensor::new(host, &DEV).unwrap().to_dtype(v.dtype()).unwrap().reshape(v.shape()).unwrap());
-        assert_step_fails_cleanly(&vars, &mut opt, &g, &[&format!("param.{bad_idx}"), "non-finite"]);
+        g.insert(
+            v,
+            Tensor::new(host, &DEV)
+                .unwrap()
+                .to_dtype(v.dtype())
+                .unwrap()
+                .reshape(v.shape())
+                .unwrap(),
+        );
+        assert_step_fails_cleanly(
+            &vars,
+            &mut opt,
+            &g,
+            &[&format!("param.{bad_idx}"), "non-finite"],
+        );
     }
 }
 
@@ -161,7 +192,9 @@ fn non_finite_skip_and_propagate_policies() {
     let mut g_bad = grads_for(&vars, 2);
     g_bad.insert(&vars[0], Tensor::full(f32::NAN, 33, &DEV).unwrap());
 
-    let mut opt = RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Skip, ..Default::default() }).unwrap();
+    let mut opt =
+        RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Skip, ..Default::default() })
+            .unwrap();
     opt.step(&grads_for(&vars, 1)).unwrap();
     let before = snapshot(&opt, &vars);
     opt.step(&g_bad).unwrap();
@@ -174,7 +207,11 @@ fn non_finite_skip_and_propagate_policies() {
     let vars = three_vars();
     let mut g_bad = grads_for(&vars, 1);
     g_bad.insert(&vars[0], Tensor::full(f32::NAN, 33, &DEV).unwrap());
-    let mut opt = RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Propagate, ..Default::default() }).unwrap();
+    let mut opt = RAdam::new(
+        vars.clone(),
+        ParamsRAdam { non_finite: NonFinite::Propagate, ..Default::default() },
+    )
+    .unwrap();
     opt.step(&g_bad).unwrap();
     let p = vars[0].as_tensor().to_vec1::<f32>().unwrap();
     assert!(p.iter().all(|x| x.is_nan()), "Propagate must run the update as torch does");
@@ -190,12 +227,18 @@ fn vars_without_gradient_are_skipped() {
     g.insert(&vars[2], grad(&vars[2], 3, 1));
     opt.step(&g).unwrap();
     assert_eq!(bits(vars[1].as_tensor()), untouched);
-    assert_ne!(bits(vars[0].as_tensor()), bits(&hash_tensor(33, 1, 0, DType::F32, 1.0, 0.0, &DEV).unwrap()));
+    assert_ne!(
+        bits(vars[0].as_tensor()),
+        bits(&hash_tensor(33, 1, 0, DType::F32, 1.0, 0.0, &DEV).unwrap())
+    );
 }
 
 /// Runs `steps` steps on a fresh copy of `template` vars with the given gradient transform.
 fn trajectory(steps: u64, f: impl Fn(&Var, Tensor) -> Tensor) -> Vec<Vec<u64>> {
-    let vars = vec![Var::from_tensor(&hash_tensor(12, 5, 0, DType::F32, 1.0, 0.0, &DEV).unwrap().reshape((3, 4)).unwrap()).unwrap()];
+    let vars = vec![Var::from_tensor(
+        &hash_tensor(12, 5, 0, DType::F32, 1.0, 0.0, &DEV).unwrap().reshape((3, 4)).unwrap(),
+    )
+    .unwrap()];
     let mut opt = RAdam::new(vars.clone(), ParamsRAdam { lr: 0.05, ..Default::default() }).unwrap();
     for t in 1..=steps {
         let mut g = GradStore::default();
@@ -238,19 +281,33 @@ fn state_file(opt: &RAdam) -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn state_round_trip_gives_bit_identical_next_steps() {
-    let mk = || vec![var(33, 1, DType::F32), var(5, 2, DType::F16), var(9, 3, DType::BF16), var(70_000, 4, DType::F64)];
-    let params = ParamsRAdam { lr: 0.01, weight_decay: 0.01, decoupled_weight_decay: true, ..Default::default() };
+    let mk = || {
+        vec![
+            var(33, 1, DType::F32),
+            var(5, 2, DType::F16),
+            var(9, 3, DType::BF16),
+            var(70_000, 4, DType::F64),
+        ]
+    };
+    let params = ParamsRAdam {
+        lr: 0.01,
+        weight_decay: 0.01,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
     let a_vars = mk();
     let mut a = RAdam::new(a_vars.clone(), params.clone()).unwrap();
     for t in 1..=4 {
         a.step(&grads_for(&a_vars, t)).unwrap();
     }
     let (_dir, path) = state_file(&a);
-    let entries: Vec<_> = std::fs::read_dir(_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> =
+        std::fs::read_dir(_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(entries.len(), 1, "temp file left behind: {entries:?}");
 
     // A fresh optimizer over vars holding the same values, resumed from the file.
-    let b_vars: Vec<Var> = a_vars.iter().map(|v| Var::from_tensor(v.as_tensor()).unwrap()).collect();
+    let b_vars: Vec<Var> =
+        a_vars.iter().map(|v| Var::from_tensor(v.as_tensor()).unwrap()).collect();
     let mut b = RAdam::new(b_vars.clone(), params).unwrap();
     b.load_state(&path).unwrap();
     assert_eq!(b.step_count(), 4);
@@ -278,20 +335,56 @@ fn load_state_rejects_bad_files_and_changes_nothing() {
         p
     };
     cases.push(("missing", dir.path().join("nope.safetensors"), "nope"));
-    cases.push(("truncated", write("trunc.safetensors", &bytes[..bytes.len() - 100]), "reading state"));
-    cases.push(("garbage", write("garbage.safetensors", b"not a safetensors file"), "reading state"));
+    cases.push((
+        "truncated",
+        write("trunc.safetensors", &bytes[..bytes.len() - 100]),
+        "reading state",
+    ));
+    cases.push((
+        "garbage",
+        write("garbage.safetensors", b"not a safetensors file"),
+        "reading state",
+    ));
     // Another model: different var count / names / shapes / dtypes.
     let other = |vars: Vec<Var>| {
         let o = RAdam::new(vars, ParamsRAdam::default()).unwrap();
-        let p = dir.path().join(format!("other{}.safetensors", o.vars().count() * 1000 + o.vars().map(|(_, v)| v.elem_count()).sum::<usize>()));
+        let p = dir.path().join(format!(
+            "other{}.safetensors",
+            o.vars().count() * 1000 + o.vars().map(|(_, v)| v.elem_count()).sum::<usize>()
+        ));
         o.save_state(&p).unwrap();
         p
     };
-    cases.push(("fewer vars", other(vec![var(33, 1, DType::F32), var(5, 2, DType::F16)]), "param.2"));
-    cases.push(("more vars", other(vec![var(33, 1, DType::F32), var(5, 2, DType::F16), var(70_000, 3, DType::F32), var(1, 1, DType::F32)]), "param.3"));
-    cases.push(("shape", other(vec![var(33, 1, DType::F32), var(6, 2, DType::F16), var(70_000, 3, DType::F32)]), "param.1"));
-    cases.push(("dtype", other(vec![var(33, 1, DType::F64), var(5, 2, DType::F16), var(70_000, 3, DType::F32)]), "param.0"));
-    let named = RAdam::new_named(vec![("encoder.w".into(), var(33, 1, DType::F32))], ParamsRAdam::default()).unwrap();
+    cases.push((
+        "fewer vars",
+        other(vec![var(33, 1, DType::F32), var(5, 2, DType::F16)]),
+        "param.2",
+    ));
+    cases.push((
+        "more vars",
+        other(vec![
+            var(33, 1, DType::F32),
+            var(5, 2, DType::F16),
+            var(70_000, 3, DType::F32),
+            var(1, 1, DType::F32),
+        ]),
+        "param.3",
+    ));
+    cases.push((
+        "shape",
+        other(vec![var(33, 1, DType::F32), var(6, 2, DType::F16), var(70_000, 3, DType::F32)]),
+        "param.1",
+    ));
+    cases.push((
+        "dtype",
+        other(vec![var(33, 1, DType::F64), var(5, 2, DType::F16), var(70_000, 3, DType::F32)]),
+        "param.0",
+    ));
+    let named = RAdam::new_named(
+        vec![("encoder.w".into(), var(33, 1, DType::F32))],
+        ParamsRAdam::default(),
+    )
+    .unwrap();
     let (_d2, named_path) = state_file(&named);
     cases.push(("names", named_path, "param.0"));
 
@@ -313,14 +406,27 @@ fn trains_a_varmap_mlp() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &DEV);
     let l1 = candle_nn::linear(4, 32, vb.pp("l1")).unwrap();
     let l2 = candle_nn::linear(32, 1, vb.pp("l2")).unwrap();
-    let x = hash_tensor(256 * 4, 11, 0, DType::F32, 1.0, 0.0, &DEV).unwrap().reshape((256, 4)).unwrap();
+    let x =
+        hash_tensor(256 * 4, 11, 0, DType::F32, 1.0, 0.0, &DEV).unwrap().reshape((256, 4)).unwrap();
     // y = sin(x0) + x1 * x2 - 0.5 x3
     let cols: Vec<Tensor> = (0..4).map(|i| x.narrow(1, i, 1).unwrap()).collect();
-    let y = ((cols[0].sin().unwrap() + (&cols[1] * &cols[2]).unwrap()).unwrap() - (&cols[3] * 0.5).unwrap()).unwrap();
-    let mut opt = RAdam::from_varmap(&varmap, ParamsRAdam { lr: 1e-2, ..Default::default() }).unwrap();
+    let y = ((cols[0].sin().unwrap() + (&cols[1] * &cols[2]).unwrap()).unwrap()
+        - (&cols[3] * 0.5).unwrap())
+    .unwrap();
+    let mut opt =
+        RAdam::from_varmap(&varmap, ParamsRAdam { lr: 1e-2, ..Default::default() }).unwrap();
     let names: Vec<&str> = opt.vars().map(|(n, _)| n).collect();
     assert_eq!(names, ["l1.bias", "l1.weight", "l2.bias", "l2.weight"]);
-    let loss = |x: &Tensor| l2.forward(&l1.forward(x).unwrap().relu().unwrap()).unwrap().sub(&y).unwrap().sqr().unwrap().mean_all().unwrap();
+    let loss = |x: &Tensor| {
+        l2.forward(&l1.forward(x).unwrap().relu().unwrap())
+            .unwrap()
+            .sub(&y)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+    };
     let first = loss(&x).to_scalar::<f32>().unwrap();
     for _ in 0..300 {
         opt.backward_step(&loss(&x)).unwrap();
@@ -336,7 +442,9 @@ fn trains_a_varmap_mlp() {
 fn gradient_sharing_another_vars_storage_is_copied() {
     let run = |alias: bool| {
         let (a, b) = (var(40_000, 1, DType::F32), var(40_000, 2, DType::F32));
-        let mut opt = RAdam::new(vec![a.clone(), b.clone()], ParamsRAdam { lr: 0.01, ..Default::default() }).unwrap();
+        let mut opt =
+            RAdam::new(vec![a.clone(), b.clone()], ParamsRAdam { lr: 0.01, ..Default::default() })
+                .unwrap();
         for _ in 1..=3 {
             let mut g = GradStore::default();
             g.insert(&a, b.as_tensor().copy().unwrap());

@@ -56,8 +56,11 @@ fn dtype(s: &str) -> DType {
 
 fn load() -> (Vec<Case>, HashMap<String, Tensor>) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    let cases: Cases = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap()).unwrap();
-    let golden = candle_core::safetensors::load(format!("{dir}/golden.safetensors"), &Device::Cpu).unwrap();
+    let cases: Cases =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap())
+            .unwrap();
+    let golden =
+        candle_core::safetensors::load(format!("{dir}/golden.safetensors"), &Device::Cpu).unwrap();
     (cases.cases, golden)
 }
 
@@ -74,8 +77,22 @@ fn check(what: &str, ours: &Tensor, want: &Tensor) -> f64 {
         d => {
             let (rtol, atol) = if d == DType::F64 { (1e-12, 1e-13) } else { (1e-5, 1e-6) };
             let (w, i) = worst(ours, want, rtol, atol).unwrap();
-            let at = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().get(i).unwrap().to_scalar::<f64>().unwrap();
-            assert!(w <= 1.0, "{what}: element {i}: ours {} vs reference {} (excess {w:.3})", at(ours), at(want));
+            let at = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .get(i)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            assert!(
+                w <= 1.0,
+                "{what}: element {i}: ours {} vs reference {} (excess {w:.3})",
+                at(ours),
+                at(want)
+            );
             w
         }
     }
@@ -85,7 +102,11 @@ fn run_case(c: &Case, golden: &HashMap<String, Tensor>) {
     let dev = Device::Cpu;
     let dt = dtype(&c.dtype);
     let var = Var::from_tensor(&hash_tensor(c.n, c.seed, 0, dt, 1.0, 0.0, &dev).unwrap()).unwrap();
-    check(&format!("{} initial param", c.name), var.as_tensor(), &golden[&format!("{}.param.0", c.name)]);
+    check(
+        &format!("{} initial param", c.name),
+        var.as_tensor(),
+        &golden[&format!("{}.param.0", c.name)],
+    );
     let params = ParamsRAdam {
         lr: c.hp.lr,
         beta1: c.hp.beta1,
@@ -102,10 +123,17 @@ fn run_case(c: &Case, golden: &HashMap<String, Tensor>) {
     let mut worst_seen: f64 = 0.0;
     for t in 1..=c.steps {
         let mut grads = GradStore::default();
-        grads.insert(&var, hash_tensor(c.n, c.seed, t, dt, c.grad_scale, c.grad_offset, &dev).unwrap());
+        grads.insert(
+            &var,
+            hash_tensor(c.n, c.seed, t, dt, c.grad_scale, c.grad_offset, &dev).unwrap(),
+        );
         opt.step(&grads).unwrap();
         if let Some(want) = golden.get(&format!("{}.param.{t}", c.name)) {
-            worst_seen = worst_seen.max(check(&format!("{} param after step {t}", c.name), var.as_tensor(), want));
+            worst_seen = worst_seen.max(check(
+                &format!("{} param after step {t}", c.name),
+                var.as_tensor(),
+                want,
+            ));
             checked += 1;
         }
     }
@@ -118,7 +146,11 @@ fn run_case(c: &Case, golden: &HashMap<String, Tensor>) {
     for key in ["exp_avg", "exp_avg_sq"] {
         let want = &golden[&format!("{}.{key}", c.name)];
         let ours = &state[&format!("{key}.param.0")];
-        worst_seen = worst_seen.max(check(&format!("{} {key}", c.name), ours, &want.to_dtype(ours.dtype()).unwrap()));
+        worst_seen = worst_seen.max(check(
+            &format!("{} {key}", c.name),
+            ours,
+            &want.to_dtype(ours.dtype()).unwrap(),
+        ));
     }
     println!("{:28} {:10} {:4} n={:6} worst {:.3}", c.name, c.reference, c.dtype, c.n, worst_seen);
 }
@@ -143,7 +175,17 @@ fn golden_data_covers_both_branches() {
     let (cases, golden) = load();
     let moved = |name: &str, a: u64, b: u64| -> bool {
         let (x, y) = (&golden[&format!("{name}.param.{a}")], &golden[&format!("{name}.param.{b}")]);
-        x.to_dtype(DType::F64).unwrap().ne(&y.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap() > 0.0
+        x.to_dtype(DType::F64)
+            .unwrap()
+            .ne(&y.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            > 0.0
     };
     for c in cases.iter().filter(|c| c.n >= 7) {
         assert!(moved(&c.name, 5, 6), "{}: no change from step 5 to 6", c.name);
@@ -161,16 +203,31 @@ fn golden_data_covers_both_branches() {
 #[test]
 fn no_sgd_phase_leaves_params_bit_identical() {
     let dev = Device::Cpu;
-    let var = Var::from_tensor(&hash_tensor(1025, 3, 0, DType::F32, 1.0, 0.0, &dev).unwrap()).unwrap();
+    let var =
+        Var::from_tensor(&hash_tensor(1025, 3, 0, DType::F32, 1.0, 0.0, &dev).unwrap()).unwrap();
     let before = var.as_tensor().copy().unwrap();
-    let p = ParamsRAdam { degenerate_to_sgd: false, weight_decay: 0.5, decoupled_weight_decay: true, ..Default::default() };
+    let p = ParamsRAdam {
+        degenerate_to_sgd: false,
+        weight_decay: 0.5,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
     let mut opt = RAdam::new(vec![var.clone()], p).unwrap();
     for t in 1..=5 {
         let mut g = GradStore::default();
         g.insert(&var, hash_tensor(1025, 3, t, DType::F32, 1.0, 0.25, &dev).unwrap());
         opt.step(&g).unwrap();
     }
-    let diff = var.as_tensor().ne(&before).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = var
+        .as_tensor()
+        .ne(&before)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
     assert_eq!(opt.step_count(), 5);
 }

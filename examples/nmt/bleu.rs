@@ -38,7 +38,8 @@ pub fn corpus_bleu(hyps: &[Vec<String>], refs: &[Vec<String>]) -> Bleu {
             let hc = ngrams(h, n);
             let rc = ngrams(r, n);
             total[n - 1] += h.len().saturating_sub(n - 1);
-            correct[n - 1] += hc.iter().map(|(g, &c)| c.min(rc.get(g).copied().unwrap_or(0))).sum::<usize>();
+            correct[n - 1] +=
+                hc.iter().map(|(g, &c)| c.min(rc.get(g).copied().unwrap_or(0))).sum::<usize>();
         }
     }
     let mut precisions = [0f64; 4];
@@ -61,11 +62,9 @@ pub fn corpus_bleu(hyps: &[Vec<String>], refs: &[Vec<String>]) -> Bleu {
     } else {
         1.0
     };
-    let log_mean = precisions
-        .iter()
-        .map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() })
-        .sum::<f64>()
-        / 4.0;
+    let log_mean =
+        precisions.iter().map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() }).sum::<f64>()
+            / 4.0;
     let score = brevity_penalty * log_mean.exp();
     Bleu { score, precisions, brevity_penalty, sys_len, ref_len }
 }
@@ -101,7 +100,8 @@ mod tests {
         // 4-grams: none of 3 match -> exp smoothing: 100 / (2 * 3)
         // BP = 1. BLEU = exp((ln(500/6) + ln(60) + ln(25) + ln(100/6)) / 4)
         let b = corpus_bleu(&[t("the cat sat on the mat")], &[t("the cat is on the mat")]);
-        let expect = ((500.0f64 / 6.0).ln() + 60f64.ln() + 25f64.ln() + (100.0f64 / 6.0).ln()) / 4.0;
+        let expect =
+            ((500.0f64 / 6.0).ln() + 60f64.ln() + 25f64.ln() + (100.0f64 / 6.0).ln()) / 4.0;
         assert!((b.score - expect.exp()).abs() < 1e-9, "{b:?}");
         assert!((b.score - 37.99178428257963).abs() < 1e-6, "{}", b.score);
     }

@@ -96,10 +96,7 @@ impl Corpus {
             let v = Vocab::build(train.iter().flat_map(|p| [&p.src, &p.tgt]));
             (v.clone(), v)
         } else {
-            (
-                Vocab::build(train.iter().map(|p| &p.src)),
-                Vocab::build(train.iter().map(|p| &p.tgt)),
-            )
+            (Vocab::build(train.iter().map(|p| &p.src)), Vocab::build(train.iter().map(|p| &p.tgt)))
         };
         Ok(Self { train, valid, src_vocab, tgt_vocab })
     }
@@ -150,7 +147,12 @@ fn permutation(n: usize, rng: &mut StdRng) -> Vec<usize> {
 
 /// Generates `n_train + n_valid` sentence pairs deterministically from `seed`; the valid pairs
 /// do not occur in the training set.
-pub fn synthetic(spec: &SyntheticSpec, n_train: usize, n_valid: usize, seed: u64) -> (Vec<Pair>, Vec<Pair>) {
+pub fn synthetic(
+    spec: &SyntheticSpec,
+    n_train: usize,
+    n_valid: usize,
+    seed: u64,
+) -> (Vec<Pair>, Vec<Pair>) {
     // The lexicon (the "language") is fixed; only the sentences depend on the seed.
     let mut lex_rng = StdRng::seed_from_u64(0x05ee_d1e8);
     let lex = Lexicon {
@@ -179,7 +181,11 @@ pub fn synthetic(spec: &SyntheticSpec, n_train: usize, n_valid: usize, seed: u64
     (train, valid)
 }
 
-fn noun_phrase(spec: &SyntheticSpec, lex: &Lexicon, rng: &mut StdRng) -> (Vec<String>, Vec<String>, bool) {
+fn noun_phrase(
+    spec: &SyntheticSpec,
+    lex: &Lexicon,
+    rng: &mut StdRng,
+) -> (Vec<String>, Vec<String>, bool) {
     let noun = rng.random_range(0..spec.n_nouns);
     let plural = rng.random_bool(0.4);
     let n_adj = rng.random_range(0..=spec.max_adjs);
@@ -233,8 +239,8 @@ fn synthetic_pair(spec: &SyntheticSpec, lex: &Lexicon, rng: &mut StdRng) -> Pair
 // ---------------------------------------------------------------------------------------------
 
 fn read_lines(path: &Path) -> Result<Vec<Vec<String>>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let lines: Vec<Vec<String>> =
         text.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect();
     if lines.is_empty() {
@@ -265,7 +271,11 @@ pub fn read_parallel(src: &Path, tgt: &Path, max_len: usize) -> Result<Vec<Pair>
         .map(|(src, tgt)| Pair { src, tgt })
         .collect();
     if pairs.is_empty() {
-        bail!("{} / {}: no usable sentence pair (all empty or too long)", src.display(), tgt.display());
+        bail!(
+            "{} / {}: no usable sentence pair (all empty or too long)",
+            src.display(),
+            tgt.display()
+        );
     }
     Ok(pairs)
 }
@@ -424,9 +434,7 @@ pub fn padding_mask(ids: &[u32], batch: usize, len: usize) -> Vec<f32> {
 
 /// `(len, len)` additive causal mask: query `i` may attend to keys `0..=i`.
 pub fn causal_mask(len: usize) -> Vec<f32> {
-    (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j <= i { 0.0 } else { MASK_NEG }))
-        .collect()
+    (0..len).flat_map(|i| (0..len).map(move |j| if j <= i { 0.0 } else { MASK_NEG })).collect()
 }
 
 #[cfg(test)]
@@ -511,7 +519,10 @@ mod tests {
 
     #[test]
     fn stream_reshuffles_per_epoch() {
-        let data = Dataset { src: (0..40).map(|i| vec![4; 1 + i % 5]).collect(), tgt: (0..40).map(|_| vec![4]).collect() };
+        let data = Dataset {
+            src: (0..40).map(|i| vec![4; 1 + i % 5]).collect(),
+            tgt: (0..40).map(|_| vec![4]).collect(),
+        };
         let mut s = BatchStream::new(&data, 12, 0);
         let n = s.n_batches();
         let e0: Vec<Vec<usize>> = (0..n).map(|_| s.next_indices().to_vec()).collect();

@@ -64,23 +64,61 @@ impl Preset {
     fn values(self) -> PresetValues {
         match self {
             Preset::Tiny => PresetValues {
-                d_model: 32, heads: 2, ffn: 64, layers: 1, dropout: 0.0, max_tokens: 400, steps: 40, lr: 3e-3,
-                warmup: 10, eval_every: 20, n_train: 400, n_valid: 30, adam_freeze: 10, weight_decay: 0.0,
+                d_model: 32,
+                heads: 2,
+                ffn: 64,
+                layers: 1,
+                dropout: 0.0,
+                max_tokens: 400,
+                steps: 40,
+                lr: 3e-3,
+                warmup: 10,
+                eval_every: 20,
+                n_train: 400,
+                n_valid: 30,
+                adam_freeze: 10,
+                weight_decay: 0.0,
             },
             Preset::Cpu => PresetValues {
-                d_model: 128, heads: 4, ffn: 256, layers: 3, dropout: 0.1, max_tokens: 1200, steps: 800, lr: 2e-3,
-                warmup: 120, eval_every: 50, n_train: 20_000, n_valid: 400, adam_freeze: 120, weight_decay: 0.0,
+                d_model: 128,
+                heads: 4,
+                ffn: 256,
+                layers: 3,
+                dropout: 0.1,
+                max_tokens: 1200,
+                steps: 800,
+                lr: 2e-3,
+                warmup: 120,
+                eval_every: 50,
+                n_train: 20_000,
+                n_valid: 400,
+                adam_freeze: 120,
+                weight_decay: 0.0,
             },
             Preset::Iwslt => PresetValues {
-                d_model: 512, heads: 4, ffn: 1024, layers: 6, dropout: 0.3, max_tokens: 4096, steps: 60_000, lr: 5e-4,
-                warmup: 4000, eval_every: 1000, n_train: 200_000, n_valid: 2000, adam_freeze: 2000, weight_decay: 1e-4,
+                d_model: 512,
+                heads: 4,
+                ffn: 1024,
+                layers: 6,
+                dropout: 0.3,
+                max_tokens: 4096,
+                steps: 60_000,
+                lr: 5e-4,
+                warmup: 4000,
+                eval_every: 1000,
+                n_train: 200_000,
+                n_valid: 2000,
+                adam_freeze: 2000,
+                weight_decay: 1e-4,
             },
         }
     }
 }
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Transformer NMT: Adam (with / without warmup) vs RAdam, from the same initialization and data order")]
+#[command(
+    about = "Transformer NMT: Adam (with / without warmup) vs RAdam, from the same initialization and data order"
+)]
 struct Args {
     /// Model / schedule size. `cpu` is the default synthetic-task setting; `iwslt` is fairseq's
     /// transformer_iwslt_de_en for real data on a GPU.
@@ -255,17 +293,31 @@ fn make_variant(name: &str, args: &Args, pv: &PresetValues, steps: u64) -> Resul
         decoupled_weight_decay: args.decoupled_wd,
         ..Default::default()
     };
-    let sched = |warmup: u64| Schedule { lr, warmup, warmup_init: args.warmup_init_lr, decay: args.decay, total: steps };
+    let sched = |warmup: u64| Schedule {
+        lr,
+        warmup,
+        warmup_init: args.warmup_init_lr,
+        decay: args.decay,
+        total: steps,
+    };
     let (params, schedule) = match name {
         "adam" => (ParamsRAdam { rectify: false, ..base }, sched(0)),
-        "adam-warmup" => (ParamsRAdam { rectify: false, ..base }, sched(args.warmup.unwrap_or(pv.warmup))),
+        "adam-warmup" => {
+            (ParamsRAdam { rectify: false, ..base }, sched(args.warmup.unwrap_or(pv.warmup)))
+        }
         "adam-eps" => (ParamsRAdam { rectify: false, eps: 1e-4, ..base }, sched(0)),
         "adam-2k" => (
-            ParamsRAdam { rectify: false, v_only_steps: args.adam_freeze.unwrap_or(pv.adam_freeze), ..base },
+            ParamsRAdam {
+                rectify: false,
+                v_only_steps: args.adam_freeze.unwrap_or(pv.adam_freeze),
+                ..base
+            },
             sched(0),
         ),
         "radam" => (base, sched(0)),
-        other => bail!("unknown variant {other:?}: use adam, adam-warmup, adam-eps, adam-2k, radam"),
+        other => {
+            bail!("unknown variant {other:?}: use adam, adam-warmup, adam-eps, adam-2k, radam")
+        }
     };
     params.validate()?;
     Ok(Variant { name: name.to_string(), params, schedule })
@@ -298,13 +350,25 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
 
     let (corpus, data_desc) = match &args.train_src {
         Some(train_src) => {
-            let (tt, vs, vt) = (args.train_tgt.as_ref().unwrap(), args.valid_src.as_ref().unwrap(), args.valid_tgt.as_ref().unwrap());
+            let (tt, vs, vt) = (
+                args.train_tgt.as_ref().unwrap(),
+                args.valid_src.as_ref().unwrap(),
+                args.valid_tgt.as_ref().unwrap(),
+            );
             let train = data::read_parallel(train_src, tt, args.max_len)?;
             let valid = data::read_parallel(vs, vt, usize::MAX)?;
-            (Corpus::new(train, valid, args.joined_vocab)?, format!("{} / {}", train_src.display(), tt.display()))
+            (
+                Corpus::new(train, valid, args.joined_vocab)?,
+                format!("{} / {}", train_src.display(), tt.display()),
+            )
         }
         None => {
-            let (train, valid) = synthetic(&SyntheticSpec::default(), args.n_train.unwrap_or(pv.n_train), args.n_valid.unwrap_or(pv.n_valid), args.seed);
+            let (train, valid) = synthetic(
+                &SyntheticSpec::default(),
+                args.n_train.unwrap_or(pv.n_train),
+                args.n_valid.unwrap_or(pv.n_valid),
+                args.seed,
+            );
             (Corpus::new(train, valid, args.joined_vocab)?, "synthetic".to_string())
         }
     };
@@ -353,14 +417,25 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
                 Opt::Adam => "adam",
             };
             let mut v = make_variant(name, &args, &pv, steps)?;
-            v.schedule = Schedule { lr, warmup: args.warmup.unwrap_or(0), warmup_init: args.warmup_init_lr, decay: args.decay, total: steps };
+            v.schedule = Schedule {
+                lr,
+                warmup: args.warmup.unwrap_or(0),
+                warmup_init: args.warmup_init_lr,
+                decay: args.decay,
+                total: steps,
+            };
             if let Some(n) = args.adam_freeze {
                 v.params.v_only_steps = n;
             }
             vec![v]
         }
-        (None, Some(list)) => list.iter().map(|n| make_variant(n.trim(), &args, &pv, steps)).collect::<Result<_>>()?,
-        (None, None) => ["adam", "adam-warmup", "radam"].iter().map(|n| make_variant(n, &args, &pv, steps)).collect::<Result<_>>()?,
+        (None, Some(list)) => {
+            list.iter().map(|n| make_variant(n.trim(), &args, &pv, steps)).collect::<Result<_>>()?
+        }
+        (None, None) => ["adam", "adam-warmup", "radam"]
+            .iter()
+            .map(|n| make_variant(n, &args, &pv, steps))
+            .collect::<Result<_>>()?,
     };
     if variants.is_empty() {
         bail!("--compare: no variant given");
@@ -379,31 +454,54 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
     let many = variants.len() > 1;
     let mut results = Vec::new();
     for v in &variants {
-        let sub = |d: &Option<PathBuf>| d.as_ref().map(|d| if many { d.join(&v.name) } else { d.clone() });
+        let sub = |d: &Option<PathBuf>| {
+            d.as_ref().map(|d| if many { d.join(&v.name) } else { d.clone() })
+        };
         let vcfg = TrainConfig { save: sub(&args.save), resume: sub(&args.resume), ..cfg.clone() };
         let r = train_variant(v, &vcfg, &train_data, &valid_data, &corpus.tgt_vocab, &dev)
             .with_context(|| format!("training {}", v.name))?;
         eprintln!(
             "{:>12}: valid ppl {:.3} (best {:.3}), BLEU {:.2}, {:.1} ms/step{}",
-            r.variant, r.final_valid_ppl, r.best_valid_ppl, r.bleu, r.ms_per_step, if r.diverged { " (diverged)" } else { "" }
+            r.variant,
+            r.final_valid_ppl,
+            r.best_valid_ppl,
+            r.bleu,
+            r.ms_per_step,
+            if r.diverged { " (diverged)" } else { "" }
         );
         results.push(r);
     }
 
     // Outputs.
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut csv = std::fs::File::create(args.out.join("curves.csv"))?;
     writeln!(csv, "step,variant,lr,train_loss,valid_loss,valid_ppl")?;
     for r in &results {
         for p in &r.curve {
             let opt = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
-            writeln!(csv, "{},{},{:.6e},{:.6},{},{}", p.step, r.variant, p.lr, p.train_loss, opt(p.valid_loss), opt(p.valid_ppl))?;
+            writeln!(
+                csv,
+                "{},{},{:.6e},{:.6},{},{}",
+                p.step,
+                r.variant,
+                p.lr,
+                p.train_loss,
+                opt(p.valid_loss),
+                opt(p.valid_ppl)
+            )?;
         }
     }
     let title = format!(
         "{} | {} params, {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
-        data_desc, n_params, model_cfg.enc_layers, model_cfg.dec_layers,
-        args.lr.unwrap_or(pv.lr), args.betas[0], args.betas[1], steps
+        data_desc,
+        n_params,
+        model_cfg.enc_layers,
+        model_cfg.dec_layers,
+        args.lr.unwrap_or(pv.lr),
+        args.betas[0],
+        args.betas[1],
+        steps
     );
     plot::plot_curves(&results, &title, &args.out.join("curves.png"))?;
     let summary = Summary {
@@ -426,9 +524,16 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
     println!("| variant | final valid ppl | best valid ppl | BLEU | ms/step |");
     println!("|---|---:|---:|---:|---:|");
     for r in &results {
-        println!("| {} | {:.3} | {:.3} | {:.2} | {:.1} |", r.variant, r.final_valid_ppl, r.best_valid_ppl, r.bleu, r.ms_per_step);
+        println!(
+            "| {} | {:.3} | {:.3} | {:.2} | {:.1} |",
+            r.variant, r.final_valid_ppl, r.best_valid_ppl, r.bleu, r.ms_per_step
+        );
     }
-    println!("wall time {:.1} s; wrote {}/{{curves.csv,curves.png,summary.json}}", wall.elapsed().as_secs_f64(), args.out.display());
+    println!(
+        "wall time {:.1} s; wrote {}/{{curves.csv,curves.png,summary.json}}",
+        wall.elapsed().as_secs_f64(),
+        args.out.display()
+    );
     Ok(results)
 }
 
@@ -462,7 +567,14 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_slice(&[1.0f32, -2.0], 2, &dev)?;
         let (lr, b2, n) = (0.1, 0.98, 3u64);
-        let p = ParamsRAdam { lr, beta1: 0.9, beta2: b2, rectify: false, v_only_steps: n, ..Default::default() };
+        let p = ParamsRAdam {
+            lr,
+            beta1: 0.9,
+            beta2: b2,
+            rectify: false,
+            v_only_steps: n,
+            ..Default::default()
+        };
         let mut opt = RAdam::new(vec![x.clone()], p)?;
         let grads = [[-5.0f32, 3.0], [-4.0, 2.0], [-6.0, 1.0], [1.0, 0.5]];
         for (t, g) in grads.iter().enumerate() {
@@ -509,7 +621,14 @@ mod tests {
     fn tiny_end_to_end_loss_falls_and_outputs_are_written() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("out");
-        let res = run(args(&["--compare", "adam,radam", "--out", out.to_str().unwrap(), "--steps", "40"]))?;
+        let res = run(args(&[
+            "--compare",
+            "adam,radam",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "40",
+        ]))?;
         assert_eq!(res.len(), 2);
         for r in &res {
             let first = r.curve.first().unwrap().train_loss;
@@ -533,10 +652,41 @@ mod tests {
         let o = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
         // 20 steps straight vs 10 + resume 10: same final valid loss (no dropout in tiny; a
         // constant lr, since a linear decay depends on --steps).
-        let full = run(args(&["--optimizer", "radam", "--decay", "constant", "--steps", "20", "--out", &o("a")]))?;
-        run(args(&["--optimizer", "radam", "--decay", "constant", "--steps", "10", "--save", ck.to_str().unwrap(), "--out", &o("b")]))?;
+        let full = run(args(&[
+            "--optimizer",
+            "radam",
+            "--decay",
+            "constant",
+            "--steps",
+            "20",
+            "--out",
+            &o("a"),
+        ]))?;
+        run(args(&[
+            "--optimizer",
+            "radam",
+            "--decay",
+            "constant",
+            "--steps",
+            "10",
+            "--save",
+            ck.to_str().unwrap(),
+            "--out",
+            &o("b"),
+        ]))?;
         assert!(ck.join("model.safetensors").exists() && ck.join("optimizer.safetensors").exists());
-        let resumed = run(args(&["--optimizer", "radam", "--decay", "constant", "--steps", "20", "--resume", ck.to_str().unwrap(), "--out", &o("c")]))?;
+        let resumed = run(args(&[
+            "--optimizer",
+            "radam",
+            "--decay",
+            "constant",
+            "--steps",
+            "20",
+            "--resume",
+            ck.to_str().unwrap(),
+            "--out",
+            &o("c"),
+        ]))?;
         assert_eq!(resumed[0].steps, 20);
         let (a, b) = (full[0].final_valid_loss, resumed[0].final_valid_loss);
         assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "{a} vs {b}");

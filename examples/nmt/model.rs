@@ -121,7 +121,11 @@ pub struct Linear {
 
 fn linear(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear {
-        weight: vb.get_with_hints((d_out, d_in), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?,
+        weight: vb.get_with_hints(
+            (d_out, d_in),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?,
         bias: vb.get_with_hints(d_out, "bias", candle_nn::Init::Const(0.0))?,
     })
 }
@@ -270,7 +274,13 @@ impl Transformer {
         if !d.is_multiple_of(cfg.heads) {
             candle_core::bail!("d_model {d} is not divisible by heads {}", cfg.heads);
         }
-        let emb = |n: usize, name: &str| vb.get_with_hints((n, d), name, candle_nn::Init::Randn { mean: 0.0, stdev: (d as f64).powf(-0.5) });
+        let emb = |n: usize, name: &str| {
+            vb.get_with_hints(
+                (n, d),
+                name,
+                candle_nn::Init::Randn { mean: 0.0, stdev: (d as f64).powf(-0.5) },
+            )
+        };
         let tgt = emb(cfg.tgt_vocab, "decoder.embed_tokens.weight")?;
         let src = match cfg.share {
             ShareEmbed::All => {
@@ -340,7 +350,14 @@ impl Transformer {
     }
 
     /// Decoder logits `(b, t, tgt_vocab)` for decoder input ids `(b, t)`.
-    pub fn decode(&self, memory: &Memory, tgt_in: &[u32], b: usize, t: usize, drop: &mut Dropout) -> Result<Tensor> {
+    pub fn decode(
+        &self,
+        memory: &Memory,
+        tgt_in: &[u32],
+        b: usize,
+        t: usize,
+        drop: &mut Dropout,
+    ) -> Result<Tensor> {
         let ids = Tensor::from_slice(tgt_in, (b, t), &self.device)?;
         let causal = Tensor::from_vec(causal_mask(t), (1, 1, t, t), &self.device)?;
         let mut x = self.embed(&self.tgt_embed, &ids, drop)?;
@@ -402,7 +419,17 @@ mod tests {
     use super::*;
 
     fn tiny() -> ModelConfig {
-        ModelConfig { src_vocab: 11, tgt_vocab: 13, d_model: 16, heads: 2, ffn: 32, enc_layers: 1, dec_layers: 1, dropout: 0.0, share: ShareEmbed::Decoder }
+        ModelConfig {
+            src_vocab: 11,
+            tgt_vocab: 13,
+            d_model: 16,
+            heads: 2,
+            ffn: 32,
+            enc_layers: 1,
+            dec_layers: 1,
+            dropout: 0.0,
+            share: ShareEmbed::Decoder,
+        }
     }
 
     #[test]
@@ -436,8 +463,10 @@ mod tests {
         assert!(d < 1e-4, "padding leaks: {d}");
         // Changing a future target token must not change earlier positions.
         let l3 = m.decode(&mem1, &[1, 7, 9], 1, 3, &mut off)?;
-        let d01 = (l1.narrow(1, 0, 2)? - l3.narrow(1, 0, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let d2 = (l1.narrow(1, 2, 1)? - l3.narrow(1, 2, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d01 =
+            (l1.narrow(1, 0, 2)? - l3.narrow(1, 0, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d2 =
+            (l1.narrow(1, 2, 1)? - l3.narrow(1, 2, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(d01 < 1e-5, "causal mask leaks: {d01}");
         assert!(d2 > 1e-6);
         Ok(())

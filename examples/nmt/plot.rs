@@ -22,13 +22,22 @@ pub fn color_for(name: &str, i: usize) -> RGBColor {
         "radam" => RGBColor(44, 160, 44),
         "adam-eps" => RGBColor(255, 127, 14),
         "adam-2k" => RGBColor(148, 103, 189),
-        _ => [RGBColor(140, 86, 75), RGBColor(227, 119, 194), RGBColor(127, 127, 127), RGBColor(23, 190, 207)][i % 4],
+        _ => [
+            RGBColor(140, 86, 75),
+            RGBColor(227, 119, 194),
+            RGBColor(127, 127, 127),
+            RGBColor(23, 190, 207),
+        ][i % 4],
     }
 }
 
 /// Tick values 1, 2, 5 x 10^k inside `[lo, hi]` (all of 1..9 x 10^k when the range is short).
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let mults: &[f64] = if hi / lo < 12.0 { &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0] } else { &[1.0, 2.0, 5.0] };
+    let mults: &[f64] = if hi / lo < 12.0 {
+        &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    } else {
+        &[1.0, 2.0, 5.0]
+    };
     let mut out = Vec::new();
     let mut p = 10f64.powf(lo.log10().floor());
     while p <= hi {
@@ -45,10 +54,15 @@ pub fn plot_curves(results: &[VariantResult], title: &str, path: &Path) -> Resul
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let root = root.titled(title, ("sans-serif", 26)).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(700);
-    let max_step = results.iter().flat_map(|r| r.curve.iter().map(|p| p.step)).max().unwrap_or(1) as f64;
+    let max_step =
+        results.iter().flat_map(|r| r.curve.iter().map(|p| p.step)).max().unwrap_or(1) as f64;
 
     // Training loss.
-    let losses: Vec<f64> = results.iter().flat_map(|r| r.curve.iter().map(|p| p.train_loss)).filter(|x| x.is_finite()).collect();
+    let losses: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.curve.iter().map(|p| p.train_loss))
+        .filter(|x| x.is_finite())
+        .collect();
     let lo = losses.iter().cloned().fold(f64::INFINITY, f64::min).max(0.0);
     let hi = losses.iter().cloned().fold(0.0, f64::max);
     let mut chart = ChartBuilder::on(&left)
@@ -69,7 +83,12 @@ pub fn plot_curves(results: &[VariantResult], title: &str, path: &Path) -> Resul
         .map_err(|e| anyhow!("{e}"))?;
     for (i, r) in results.iter().enumerate() {
         let c = color_for(&r.variant, i);
-        let pts: Vec<(f64, f64)> = r.curve.iter().filter(|p| p.train_loss.is_finite()).map(|p| (p.step as f64, p.train_loss)).collect();
+        let pts: Vec<(f64, f64)> = r
+            .curve
+            .iter()
+            .filter(|p| p.train_loss.is_finite())
+            .map(|p| (p.step as f64, p.train_loss))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
@@ -98,7 +117,10 @@ pub fn plot_curves(results: &[VariantResult], title: &str, path: &Path) -> Resul
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_step, ((lo * 0.9)..(hi * 1.1)).log_scale().with_key_points(log_ticks(lo * 0.9, hi * 1.1)))
+        .build_cartesian_2d(
+            0f64..max_step,
+            ((lo * 0.9)..(hi * 1.1)).log_scale().with_key_points(log_ticks(lo * 0.9, hi * 1.1)),
+        )
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
@@ -122,7 +144,9 @@ pub fn plot_curves(results: &[VariantResult], title: &str, path: &Path) -> Resul
             .map_err(|e| anyhow!("{e}"))?
             .label(format!("{} ({:.2})", r.variant, r.final_valid_ppl))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled()))).map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+            .map_err(|e| anyhow!("{e}"))?;
     }
     chart
         .configure_series_labels()

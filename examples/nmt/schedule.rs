@@ -28,7 +28,8 @@ impl Schedule {
     pub fn lr_at(&self, step: u64) -> f64 {
         let step = step.max(1);
         if step <= self.warmup {
-            return self.warmup_init + (self.lr - self.warmup_init) * step as f64 / self.warmup as f64;
+            return self.warmup_init
+                + (self.lr - self.warmup_init) * step as f64 / self.warmup as f64;
         }
         match self.decay {
             Decay::Constant => self.lr,
@@ -52,7 +53,13 @@ mod tests {
 
     #[test]
     fn warmup_then_inverse_sqrt() {
-        let s = Schedule { lr: 1e-3, warmup: 100, warmup_init: 0.0, decay: Decay::InverseSqrt, total: 1000 };
+        let s = Schedule {
+            lr: 1e-3,
+            warmup: 100,
+            warmup_init: 0.0,
+            decay: Decay::InverseSqrt,
+            total: 1000,
+        };
         assert!(close(s.lr_at(1), 1e-5));
         assert!(close(s.lr_at(50), 5e-4));
         assert!(close(s.lr_at(100), 1e-3));
@@ -64,7 +71,8 @@ mod tests {
 
     #[test]
     fn warmup_then_linear_and_constant() {
-        let s = Schedule { lr: 2e-3, warmup: 10, warmup_init: 1e-7, decay: Decay::Linear, total: 110 };
+        let s =
+            Schedule { lr: 2e-3, warmup: 10, warmup_init: 1e-7, decay: Decay::Linear, total: 110 };
         assert!(close(s.lr_at(0), s.lr_at(1)));
         assert!(close(s.lr_at(1), 1e-7 + (2e-3 - 1e-7) / 10.0));
         assert!(close(s.lr_at(10), 2e-3));

@@ -75,7 +75,11 @@ pub struct VariantResult {
 /// Label-smoothed cross entropy as fairseq's `label_smoothed_cross_entropy`:
 /// `(1 - eps - eps/(V-1)) * nll + eps/(V-1) * sum_v(-log p_v)`, summed over non-pad targets.
 /// Returns `(smoothed loss sum, nll sum)` as scalar tensors.
-pub fn label_smoothed_loss(logits: &Tensor, targets: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn label_smoothed_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let v = logits.dim(D::Minus1)?;
     let logits = logits.reshape(((), v))?;
     let targets = targets.flatten_all()?;
@@ -131,7 +135,13 @@ pub fn valid_loss(model: &Transformer, data: &Dataset, max_tokens: usize) -> Res
 
 /// Greedy decoding of the first `limit` valid sentences (0: all); returns the hypotheses as
 /// target-vocabulary ids (without `</s>`), in dataset order.
-pub fn greedy_decode(model: &Transformer, data: &Dataset, limit: usize, max_extra: usize, max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+pub fn greedy_decode(
+    model: &Transformer,
+    data: &Dataset,
+    limit: usize,
+    max_extra: usize,
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
     let n = if limit == 0 { data.len() } else { limit.min(data.len()) };
     let sub = Dataset { src: data.src[..n].to_vec(), tgt: data.tgt[..n].to_vec() };
     let mut out = vec![Vec::new(); n];
@@ -145,7 +155,8 @@ pub fn greedy_decode(model: &Transformer, data: &Dataset, limit: usize, max_extr
         for t in 1..=max_len {
             let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
             let logits = model.decode(&mem, &flat, b.size, t, &mut off)?.detach();
-            let next = logits.narrow(1, t - 1, 1)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let next =
+                logits.narrow(1, t - 1, 1)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
             for (i, s) in seqs.iter_mut().enumerate() {
                 let tok = if done[i] { PAD } else { next[i] };
                 if tok == EOS {
@@ -169,7 +180,14 @@ pub fn greedy_decode(model: &Transformer, data: &Dataset, limit: usize, max_extr
 /// `beam` of them finishes a hypothesis (scored by its summed log-probability divided by its
 /// length, `</s>` included), the best `beam` others stay live; a sentence is done once it has
 /// `beam` finished hypotheses or reaches `src_len + max_extra` tokens. `beam <= 1` is greedy.
-pub fn beam_decode(model: &Transformer, data: &Dataset, limit: usize, max_extra: usize, max_tokens: usize, beam: usize) -> Result<Vec<Vec<u32>>> {
+pub fn beam_decode(
+    model: &Transformer,
+    data: &Dataset,
+    limit: usize,
+    max_extra: usize,
+    max_tokens: usize,
+    beam: usize,
+) -> Result<Vec<Vec<u32>>> {
     if beam <= 1 {
         return greedy_decode(model, data, limit, max_extra, max_tokens);
     }
@@ -184,7 +202,10 @@ pub fn beam_decode(model: &Transformer, data: &Dataset, limit: usize, max_extra:
         let dev = mem.states.device().clone();
         let rep: Vec<u32> = (0..b.size as u32).flat_map(|i| std::iter::repeat_n(i, beam)).collect();
         let rep = Tensor::from_vec(rep, b.size * beam, &dev)?;
-        let mem = crate::model::Memory { states: mem.states.index_select(&rep, 0)?, mask: mem.mask.index_select(&rep, 0)? };
+        let mem = crate::model::Memory {
+            states: mem.states.index_select(&rep, 0)?,
+            mask: mem.mask.index_select(&rep, 0)?,
+        };
         let max_len = b.src_len + max_extra;
         let mut live: Vec<Vec<Hyp>> = vec![vec![(vec![BOS], 0.0)]; b.size];
         let mut finished: Vec<Vec<Hyp>> = vec![Vec::new(); b.size];
@@ -204,7 +225,9 @@ pub fn beam_decode(model: &Transformer, data: &Dataset, limit: usize, max_extra:
                 }
             }
             let logits = model.decode(&mem, &flat, b.size * beam, t, &mut off)?.detach();
-            let lp = candle_nn::ops::log_softmax(&logits.narrow(1, t - 1, 1)?.squeeze(1)?, D::Minus1)?.to_vec2::<f32>()?;
+            let lp =
+                candle_nn::ops::log_softmax(&logits.narrow(1, t - 1, 1)?.squeeze(1)?, D::Minus1)?
+                    .to_vec2::<f32>()?;
             for i in 0..b.size {
                 if done[i] {
                     continue;
@@ -212,10 +235,14 @@ pub fn beam_decode(model: &Transformer, data: &Dataset, limit: usize, max_extra:
                 let mut cands: Vec<(f64, usize, u32)> = Vec::new();
                 for (k, (_, score)) in live[i].iter().enumerate() {
                     let row = &lp[i * beam + k];
-                    let mut ids: Vec<u32> = (0..row.len() as u32).filter(|&v| v != PAD && v != BOS).collect();
+                    let mut ids: Vec<u32> =
+                        (0..row.len() as u32).filter(|&v| v != PAD && v != BOS).collect();
                     let top = (2 * beam).min(ids.len());
-                    ids.select_nth_unstable_by(top - 1, |a, b| row[*b as usize].total_cmp(&row[*a as usize]));
-                    cands.extend(ids[..top].iter().map(|&v| (score + row[v as usize] as f64, k, v)));
+                    ids.select_nth_unstable_by(top - 1, |a, b| {
+                        row[*b as usize].total_cmp(&row[*a as usize])
+                    });
+                    cands
+                        .extend(ids[..top].iter().map(|&v| (score + row[v as usize] as f64, k, v)));
                 }
                 cands.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let mut next = Vec::with_capacity(beam);
@@ -242,18 +269,32 @@ pub fn beam_decode(model: &Transformer, data: &Dataset, limit: usize, max_extra:
         }
         for (k, &i) in idx.iter().enumerate() {
             let best = finished[k].iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|h| h.0.clone());
-            out[i] = best.unwrap_or_else(|| live[k].first().map(|h| h.0[1..].to_vec()).unwrap_or_default());
+            out[i] = best
+                .unwrap_or_else(|| live[k].first().map(|h| h.0[1..].to_vec()).unwrap_or_default());
         }
     }
     Ok(out)
 }
 
 /// BLEU of greedy (or beam, `cfg.beam > 1`) translations of the valid set.
-pub fn bleu_on(model: &Transformer, data: &Dataset, vocab: &Vocab, cfg: &TrainConfig) -> Result<f64> {
-    let hyps = beam_decode(model, data, cfg.bleu_sentences, cfg.max_decode_extra, cfg.max_tokens, cfg.beam)?;
+pub fn bleu_on(
+    model: &Transformer,
+    data: &Dataset,
+    vocab: &Vocab,
+    cfg: &TrainConfig,
+) -> Result<f64> {
+    let hyps = beam_decode(
+        model,
+        data,
+        cfg.bleu_sentences,
+        cfg.max_decode_extra,
+        cfg.max_tokens,
+        cfg.beam,
+    )?;
     let post = |t: Vec<String>| if cfg.remove_bpe { remove_bpe(&t) } else { t };
     let hyp_tok: Vec<Vec<String>> = hyps.iter().map(|h| post(vocab.decode(h))).collect();
-    let ref_tok: Vec<Vec<String>> = data.tgt[..hyps.len()].iter().map(|r| post(vocab.decode(r))).collect();
+    let ref_tok: Vec<Vec<String>> =
+        data.tgt[..hyps.len()].iter().map(|r| post(vocab.decode(r))).collect();
     Ok(corpus_bleu(&hyp_tok, &ref_tok).score)
 }
 
@@ -265,26 +306,55 @@ struct CheckpointMeta {
     tgt_vocab: usize,
 }
 
-fn save_checkpoint(dir: &Path, varmap: &VarMap, opt: &RAdam, variant: &str, cfg: &ModelConfig) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    varmap: &VarMap,
+    opt: &RAdam,
+    variant: &str,
+    cfg: &ModelConfig,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     varmap.save(dir.join("model.safetensors"))?;
     opt.save_state(dir.join("optimizer.safetensors"))?;
-    let meta = CheckpointMeta { step: opt.step_count(), variant: variant.to_string(), src_vocab: cfg.src_vocab, tgt_vocab: cfg.tgt_vocab };
+    let meta = CheckpointMeta {
+        step: opt.step_count(),
+        variant: variant.to_string(),
+        src_vocab: cfg.src_vocab,
+        tgt_vocab: cfg.tgt_vocab,
+    };
     std::fs::write(dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
     Ok(())
 }
 
-fn load_checkpoint(dir: &Path, varmap: &mut VarMap, opt: &mut RAdam, cfg: &ModelConfig) -> Result<u64> {
+fn load_checkpoint(
+    dir: &Path,
+    varmap: &mut VarMap,
+    opt: &mut RAdam,
+    cfg: &ModelConfig,
+) -> Result<u64> {
     let meta: CheckpointMeta = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("meta.json")).with_context(|| format!("no checkpoint in {}", dir.display()))?,
+        &std::fs::read_to_string(dir.join("meta.json"))
+            .with_context(|| format!("no checkpoint in {}", dir.display()))?,
     )?;
     if (meta.src_vocab, meta.tgt_vocab) != (cfg.src_vocab, cfg.tgt_vocab) {
-        bail!("checkpoint {} was trained with vocabularies {}/{}, the data gives {}/{}", dir.display(), meta.src_vocab, meta.tgt_vocab, cfg.src_vocab, cfg.tgt_vocab);
+        bail!(
+            "checkpoint {} was trained with vocabularies {}/{}, the data gives {}/{}",
+            dir.display(),
+            meta.src_vocab,
+            meta.tgt_vocab,
+            cfg.src_vocab,
+            cfg.tgt_vocab
+        );
     }
     varmap.load(dir.join("model.safetensors"))?;
     opt.load_state(dir.join("optimizer.safetensors"))?;
     if opt.step_count() != meta.step {
-        bail!("checkpoint {}: optimizer at step {}, meta says {}", dir.display(), opt.step_count(), meta.step);
+        bail!(
+            "checkpoint {}: optimizer at step {}, meta says {}",
+            dir.display(),
+            opt.step_count(),
+            meta.step
+        );
     }
     Ok(meta.step)
 }
@@ -314,8 +384,10 @@ pub fn train_variant(
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-            .unwrap(),
+        ProgressStyle::with_template(
+            "{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .unwrap(),
     );
     pb.set_prefix(variant.name.clone());
     pb.set_position(start);
@@ -341,7 +413,10 @@ pub fn train_variant(
         let loss_v = loss.to_scalar::<f32>()? as f64;
         if !loss_v.is_finite() {
             diverged = true;
-            pb.println(format!("{}: loss is {loss_v} at step {step}, stopping this variant", variant.name));
+            pb.println(format!(
+                "{}: loss is {loss_v} at step {step}, stopping this variant",
+                variant.name
+            ));
             break;
         }
         let t_fwd = t0.elapsed().as_secs_f64();
@@ -354,18 +429,35 @@ pub fn train_variant(
         train_time += t0.elapsed().as_secs_f64();
         if std::env::var_os("NMT_PROFILE").is_some() {
             let t = t0.elapsed().as_secs_f64();
-            eprintln!("step {step}: {} x {}/{} fwd {:.0} ms, bwd {:.0} ms, opt {:.0} ms", b.size, b.src_len, b.tgt_len, t_fwd * 1e3, (t_bwd - t_fwd) * 1e3, (t - t_bwd) * 1e3);
+            eprintln!(
+                "step {step}: {} x {}/{} fwd {:.0} ms, bwd {:.0} ms, opt {:.0} ms",
+                b.size,
+                b.src_len,
+                b.tgt_len,
+                t_fwd * 1e3,
+                (t_bwd - t_fwd) * 1e3,
+                (t - t_bwd) * 1e3
+            );
         }
         tokens += b.n_tokens;
         steps_done += 1;
         window_loss += loss_v;
         window_n += 1;
         pb.set_position(step);
-        pb.set_message(format!("loss {loss_v:.3} | {:.0} tok/s | lr {lr:.2e}", tokens as f64 / train_time));
+        pb.set_message(format!(
+            "loss {loss_v:.3} | {:.0} tok/s | lr {lr:.2e}",
+            tokens as f64 / train_time
+        ));
 
         let eval_now = step % cfg.eval_every == 0 || step == cfg.steps;
         if step % cfg.log_every == 0 || eval_now {
-            let mut point = CurvePoint { step, lr, train_loss: window_loss / window_n as f64, valid_loss: None, valid_ppl: None };
+            let mut point = CurvePoint {
+                step,
+                lr,
+                train_loss: window_loss / window_n as f64,
+                valid_loss: None,
+                valid_ppl: None,
+            };
             if eval_now {
                 let vl = valid_loss(&model, valid, cfg.max_tokens)?;
                 let ppl = vl.exp();
@@ -426,15 +518,31 @@ mod tests {
     #[test]
     fn beam_one_is_greedy_and_beam_search_is_well_formed() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = ModelConfig { src_vocab: 12, tgt_vocab: 12, d_model: 16, heads: 2, ffn: 32, enc_layers: 1, dec_layers: 1, dropout: 0.0, share: ShareEmbed::Decoder };
+        let cfg = ModelConfig {
+            src_vocab: 12,
+            tgt_vocab: 12,
+            d_model: 16,
+            heads: 2,
+            ffn: 32,
+            enc_layers: 1,
+            dec_layers: 1,
+            dropout: 0.0,
+            share: ShareEmbed::Decoder,
+        };
         let (_, model) = build(&cfg, 3, &dev)?;
-        let data = Dataset { src: vec![vec![4, 5, 6], vec![7, 8], vec![9, 10, 11, 4]], tgt: vec![vec![4], vec![5], vec![6]] };
+        let data = Dataset {
+            src: vec![vec![4, 5, 6], vec![7, 8], vec![9, 10, 11, 4]],
+            tgt: vec![vec![4], vec![5], vec![6]],
+        };
         let g = greedy_decode(&model, &data, 0, 5, 100)?;
         assert_eq!(beam_decode(&model, &data, 0, 5, 100, 1)?, g);
         let b = beam_decode(&model, &data, 0, 5, 100, 4)?;
         assert_eq!(b.len(), 3);
         // Many sentences in one batch, finishing at different steps.
-        let many = Dataset { src: (0..40).map(|i| vec![4 + (i % 8) as u32; 1 + i % 6]).collect(), tgt: vec![vec![4]; 40] };
+        let many = Dataset {
+            src: (0..40).map(|i| vec![4 + (i % 8) as u32; 1 + i % 6]).collect(),
+            tgt: vec![vec![4]; 40],
+        };
         assert_eq!(beam_decode(&model, &many, 0, 8, 1000, 3)?.len(), 40);
         for (h, s) in b.iter().zip(&data.src) {
             assert!(h.len() <= s.len() + 1 + 5);

@@ -25,7 +25,9 @@ use std::path::PathBuf;
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 #[derive(Parser, Debug)]
-#[command(about = "Monte Carlo variance of Adam's adaptive learning rate vs. RAdam's rectified one")]
+#[command(
+    about = "Monte Carlo variance of Adam's adaptive learning rate vs. RAdam's rectified one"
+)]
 struct Args {
     /// Means of the N(mu, 1) gradient distribution, one curve panel each.
     #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 1.0, 10.0])]
@@ -108,15 +110,20 @@ fn plot(args: &Args, curves: &[(f64, Curves)]) -> Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let root = root
         .titled(
-            &format!("Variance of the adaptive learning rate, g ~ N(mu, 1), beta2 = {}, {} runs", args.beta2, args.runs),
+            &format!(
+                "Variance of the adaptive learning rate, g ~ N(mu, 1), beta2 = {}, {} runs",
+                args.beta2, args.runs
+            ),
             ("sans-serif", 24),
         )
         .map_err(|e| anyhow!("{e}"))?;
     let panels = root.split_evenly((1, curves.len()));
     let steps = args.steps as f64;
-    let rs: Vec<(f64, f64)> = (1..=args.steps).filter_map(|t| r_t(args.beta2, t).map(|r| (t as f64, r))).collect();
+    let rs: Vec<(f64, f64)> =
+        (1..=args.steps).filter_map(|t| r_t(args.beta2, t).map(|r| (t as f64, r))).collect();
     for (panel, (mu, c)) in panels.iter().zip(curves) {
-        let vals: Vec<f64> = c.adam.iter().chain(&c.radam).copied().filter(|x| x.is_finite() && *x > 0.0).collect();
+        let vals: Vec<f64> =
+            c.adam.iter().chain(&c.radam).copied().filter(|x| x.is_finite() && *x > 0.0).collect();
         let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
         let hi = vals.iter().cloned().fold(0.0, f64::max);
         let mut chart = ChartBuilder::on(panel)
@@ -146,7 +153,11 @@ fn plot(args: &Args, curves: &[(f64, Curves)]) -> Result<()> {
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         let series = |v: &[f64]| -> Vec<(f64, f64)> {
-            v.iter().enumerate().filter(|(_, x)| x.is_finite() && **x > 0.0).map(|(i, &x)| ((i + 1) as f64, x)).collect()
+            v.iter()
+                .enumerate()
+                .filter(|(_, x)| x.is_finite() && **x > 0.0)
+                .map(|(i, &x)| ((i + 1) as f64, x))
+                .collect()
         };
         let red = RGBColor(214, 39, 40);
         let green = RGBColor(44, 160, 44);
@@ -159,12 +170,21 @@ fn plot(args: &Args, curves: &[(f64, Curves)]) -> Result<()> {
             .draw_series(LineSeries::new(series(&c.radam), green.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
             .label("RAdam: Var[r_t psi_t]")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], green.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 22, y)], green.stroke_width(3))
+            });
         chart
-            .draw_secondary_series(DashedLineSeries::new(rs.clone(), 6, 4, BLACK.mix(0.6).stroke_width(2)))
+            .draw_secondary_series(DashedLineSeries::new(
+                rs.clone(),
+                6,
+                4,
+                BLACK.mix(0.6).stroke_width(2),
+            ))
             .map_err(|e| anyhow!("{e}"))?
             .label("r_t (analytic, right axis)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], BLACK.mix(0.6).stroke_width(2)));
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 22, y)], BLACK.mix(0.6).stroke_width(2))
+            });
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperMiddle)
@@ -201,17 +221,26 @@ fn main() -> Result<()> {
         print!("---:|---:|");
     }
     println!();
-    let mut ts: Vec<usize> = vec![1, 2, 3, 5, 6, 8, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000];
+    let mut ts: Vec<usize> =
+        vec![1, 2, 3, 5, 6, 8, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000];
     ts.retain(|&t| t <= args.steps);
     if !ts.contains(&args.steps) {
         ts.push(args.steps);
     }
     for &t in &ts {
         let r = r_t(args.beta2, t);
-        print!("| {t:>4} | {:>6.2} | {:>6} |", rho_t(args.beta2, t), r.map(|r| format!("{r:.3}")).unwrap_or("-".into()));
+        print!(
+            "| {t:>4} | {:>6.2} | {:>6} |",
+            rho_t(args.beta2, t),
+            r.map(|r| format!("{r:.3}")).unwrap_or("-".into())
+        );
         for (_, c) in &curves {
             let rv = c.radam[t - 1];
-            print!(" {:>17.4e} | {:>19} |", c.adam[t - 1], if rv.is_finite() { format!("{rv:.4e}") } else { "-".into() });
+            print!(
+                " {:>17.4e} | {:>19} |",
+                c.adam[t - 1],
+                if rv.is_finite() { format!("{rv:.4e}") } else { "-".into() }
+            );
         }
         println!();
     }

@@ -22,7 +22,15 @@ pub fn hash_values(n: usize, seed: u64, t: u64, scale: f32, offset: f32) -> Vec<
 }
 
 /// `hash_values` as a tensor of `dtype` (rounded to nearest even from f32).
-pub fn hash_tensor(n: usize, seed: u64, t: u64, dtype: DType, scale: f32, offset: f32, dev: &Device) -> Result<Tensor> {
+pub fn hash_tensor(
+    n: usize,
+    seed: u64,
+    t: u64,
+    dtype: DType,
+    scale: f32,
+    offset: f32,
+    dev: &Device,
+) -> Result<Tensor> {
     Tensor::from_vec(hash_values(n, seed, t, scale, offset), n, dev)?.to_dtype(dtype)
 }
 
@@ -47,12 +55,20 @@ pub fn worst(a: &Tensor, b: &Tensor, rtol: f64, atol: f64) -> Result<(f64, usize
 pub fn max_ulps(a: &Tensor, b: &Tensor) -> Result<u32> {
     fn ordered(bits: u16) -> i32 {
         // Map sign-magnitude to a monotonic integer line.
-        if bits & 0x8000 != 0 { -((bits & 0x7fff) as i32) } else { bits as i32 }
+        if bits & 0x8000 != 0 {
+            -((bits & 0x7fff) as i32)
+        } else {
+            bits as i32
+        }
     }
     let bits = |t: &Tensor| -> Result<Vec<u16>> {
         Ok(match t.dtype() {
-            DType::F16 => t.flatten_all()?.to_vec1::<half::f16>()?.iter().map(|x| x.to_bits()).collect(),
-            DType::BF16 => t.flatten_all()?.to_vec1::<half::bf16>()?.iter().map(|x| x.to_bits()).collect(),
+            DType::F16 => {
+                t.flatten_all()?.to_vec1::<half::f16>()?.iter().map(|x| x.to_bits()).collect()
+            }
+            DType::BF16 => {
+                t.flatten_all()?.to_vec1::<half::bf16>()?.iter().map(|x| x.to_bits()).collect()
+            }
             d => panic!("max_ulps on {d:?}"),
         })
     };

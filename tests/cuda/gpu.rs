@@ -29,10 +29,7 @@ fn gpu(test: &str) -> Option<Device> {
 
 fn compute_capability(dev: &Device) -> (i32, i32) {
     let Device::Cuda(d) = dev else { unreachable!() };
-    d.cuda_stream()
-        .context()
-        .compute_capability()
-        .expect("compute capability")
+    d.cuda_stream().context().compute_capability().expect("compute capability")
 }
 
 /// Whether the GPU runs bf16 kernels (sm_80+).
@@ -41,9 +38,7 @@ fn has_bf16(dev: &Device) -> bool {
 }
 
 fn random(rng: &mut StdRng, n: usize, scale: f32, dtype: DType) -> Result<Tensor> {
-    let v: Vec<f32> = (0..n)
-        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
-        .collect();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect();
     Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dtype)
 }
 
@@ -71,12 +66,7 @@ impl Pair {
         }
         let cpu = RAdam::new(cpu_vars.clone(), params.clone())?;
         let gpu = RAdam::new(gpu_vars.clone(), params.clone())?;
-        Ok(Self {
-            cpu_vars,
-            gpu_vars,
-            cpu,
-            gpu,
-        })
+        Ok(Self { cpu_vars, gpu_vars, cpu, gpu })
     }
 
     /// One step on both sides with the same random gradients.
@@ -105,19 +95,14 @@ impl Pair {
             worst = (worst.0.max(w.0), worst.1.max(w.1));
         }
         let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
-        let (pc, pg) = (
-            dir.path().join("cpu.safetensors"),
-            dir.path().join("gpu.safetensors"),
-        );
+        let (pc, pg) = (dir.path().join("cpu.safetensors"), dir.path().join("gpu.safetensors"));
         self.cpu.save_state(&pc)?;
         self.gpu.save_state(&pg)?;
         let sc = candle_core::safetensors::load(&pc, &Device::Cpu)?;
         let sg = candle_core::safetensors::load(&pg, &Device::Cpu)?;
         assert_eq!(sc.len(), sg.len(), "{what}: state keys");
         for (k, a) in &sc {
-            let b = sg
-                .get(k)
-                .unwrap_or_else(|| panic!("{what}: {k} missing from GPU state"));
+            let b = sg.get(k).unwrap_or_else(|| panic!("{what}: {k} missing from GPU state"));
             let w = assert_close(&format!("{what}: state {k}"), a, b)?;
             worst = (worst.0.max(w.0), worst.1.max(w.1));
         }
@@ -139,10 +124,7 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<(f64, i32)> {
     let (a, b) = (a.flatten_all()?, b.flatten_all()?);
     let rel = |x: f64, y: f64, tol: f64| -> f64 {
         let d = (x - y).abs() / x.abs().max(y.abs()).max(1e-30);
-        assert!(
-            d <= tol || x.to_bits() == y.to_bits(),
-            "{what}: {x} vs {y} (rel {d:e} > {tol:e})"
-        );
+        assert!(d <= tol || x.to_bits() == y.to_bits(), "{what}: {x} vs {y} (rel {d:e} > {tol:e})");
         if x == y {
             0.0
         } else {
@@ -164,16 +146,8 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<(f64, i32)> {
         DType::F16 | DType::BF16 => {
             let bits = |t: &Tensor| -> Result<Vec<u16>> {
                 Ok(match t.dtype() {
-                    DType::F16 => t
-                        .to_vec1::<f16>()?
-                        .into_iter()
-                        .map(|x| x.to_bits())
-                        .collect(),
-                    _ => t
-                        .to_vec1::<bf16>()?
-                        .into_iter()
-                        .map(|x| x.to_bits())
-                        .collect(),
+                    DType::F16 => t.to_vec1::<f16>()?.into_iter().map(|x| x.to_bits()).collect(),
+                    _ => t.to_vec1::<bf16>()?.into_iter().map(|x| x.to_bits()).collect(),
                 })
             };
             for (i, (x, y)) in bits(&a)?.into_iter().zip(bits(&b)?).enumerate() {
@@ -200,21 +174,8 @@ fn dtypes(dev: &Device) -> Vec<DType> {
 
 fn configs() -> Vec<(&'static str, ParamsRAdam)> {
     vec![
-        (
-            "default",
-            ParamsRAdam {
-                lr: 1e-2,
-                ..Default::default()
-            },
-        ),
-        (
-            "coupled-wd",
-            ParamsRAdam {
-                lr: 1e-2,
-                weight_decay: 0.1,
-                ..Default::default()
-            },
-        ),
+        ("default", ParamsRAdam { lr: 1e-2, ..Default::default() }),
+        ("coupled-wd", ParamsRAdam { lr: 1e-2, weight_decay: 0.1, ..Default::default() }),
         (
             "decoupled-wd-no-sgd",
             ParamsRAdam {
@@ -225,14 +186,7 @@ fn configs() -> Vec<(&'static str, ParamsRAdam)> {
                 ..Default::default()
             },
         ),
-        (
-            "adam",
-            ParamsRAdam {
-                lr: 1e-2,
-                rectify: false,
-                ..Default::default()
-            },
-        ),
+        ("adam", ParamsRAdam { lr: 1e-2, rectify: false, ..Default::default() }),
     ]
 }
 
@@ -264,9 +218,8 @@ fn five_hundred_tensors_of_mixed_dtypes() -> Result<()> {
     };
     let dts = dtypes(&dev);
     let mut rng = StdRng::seed_from_u64(11);
-    let specs: Vec<(usize, DType)> = (0..500)
-        .map(|i| (rng.random_range(0..3000usize), dts[i % dts.len()]))
-        .collect();
+    let specs: Vec<(usize, DType)> =
+        (0..500).map(|i| (rng.random_range(0..3000usize), dts[i % dts.len()])).collect();
     for (name, params) in configs() {
         let mut pair = Pair::new(&specs, &params, &dev, &mut rng)?;
         for _ in 0..11 {
@@ -286,15 +239,8 @@ fn unaligned_gradients_take_the_scalar_path() -> Result<()> {
     for dt in dtypes(&dev) {
         let mut rng = StdRng::seed_from_u64(3);
         let specs = [(1025usize, dt), (4099, dt), (5, dt)];
-        let mut pair = Pair::new(
-            &specs,
-            &ParamsRAdam {
-                lr: 1e-2,
-                ..Default::default()
-            },
-            &dev,
-            &mut rng,
-        )?;
+        let mut pair =
+            Pair::new(&specs, &ParamsRAdam { lr: 1e-2, ..Default::default() }, &dev, &mut rng)?;
         for _ in 0..10 {
             let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
             for (c, g) in pair.cpu_vars.iter().zip(&pair.gpu_vars) {
@@ -322,20 +268,14 @@ fn state_moves_between_gpu_and_cpu() -> Result<()> {
     for dt in dtypes(&dev) {
         let mut rng = StdRng::seed_from_u64(5);
         let specs = [(3usize, dt), (1025, dt), (0, dt)];
-        let params = ParamsRAdam {
-            lr: 1e-2,
-            weight_decay: 0.01,
-            ..Default::default()
-        };
+        let params = ParamsRAdam { lr: 1e-2, weight_decay: 0.01, ..Default::default() };
         let mut pair = Pair::new(&specs, &params, &dev, &mut rng)?;
         for _ in 0..7 {
             pair.step(&mut rng, &dev)?;
         }
         // GPU state -> CPU optimizer, CPU state -> GPU optimizer: both must carry on identically.
-        let (from_gpu, from_cpu) = (
-            dir.path().join("g.safetensors"),
-            dir.path().join("c.safetensors"),
-        );
+        let (from_gpu, from_cpu) =
+            (dir.path().join("g.safetensors"), dir.path().join("c.safetensors"));
         pair.gpu.save_state(&from_gpu)?;
         pair.cpu.save_state(&from_cpu)?;
         let mut cpu2 = RAdam::new(pair.cpu_vars.clone(), params.clone())?;
@@ -362,24 +302,18 @@ fn non_finite_gradients_on_gpu() -> Result<()> {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             for policy in [NonFinite::Error, NonFinite::Skip, NonFinite::Propagate] {
                 let mut rng = StdRng::seed_from_u64(9);
-                let params = ParamsRAdam {
-                    non_finite: policy,
-                    ..Default::default()
-                };
+                let params = ParamsRAdam { non_finite: policy, ..Default::default() };
                 let vars: Vec<Var> = [10usize, 5000, 7]
                     .iter()
                     .map(|&n| Var::from_tensor(&random(&mut rng, n, 1.0, dt)?.to_device(&dev)?))
                     .collect::<Result<_>>()?;
-                let before: Vec<Tensor> = vars
-                    .iter()
-                    .map(|v| v.to_device(&Device::Cpu))
-                    .collect::<Result<_>>()?;
+                let before: Vec<Tensor> =
+                    vars.iter().map(|v| v.to_device(&Device::Cpu)).collect::<Result<_>>()?;
                 let mut opt = RAdam::new(vars.clone(), params)?;
                 let mut grads = GradStore::default();
                 for (i, v) in vars.iter().enumerate() {
-                    let mut g: Vec<f32> = (0..v.elem_count())
-                        .map(|_| rng.random_range(-1.0f32..1.0))
-                        .collect();
+                    let mut g: Vec<f32> =
+                        (0..v.elem_count()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
                     if i == 1 {
                         g[4097] = bad; // in the second chunk of the second tensor
                     }
@@ -392,10 +326,8 @@ fn non_finite_gradients_on_gpu() -> Result<()> {
                 let unchanged = || -> Result<bool> {
                     for (v, b) in vars.iter().zip(&before) {
                         let a = v.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-                        let d = (a - b.to_dtype(DType::F64)?)?
-                            .abs()?
-                            .max_all()?
-                            .to_scalar::<f64>()?;
+                        let d =
+                            (a - b.to_dtype(DType::F64)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
                         if d != 0.0 {
                             return Ok(false);
                         }
@@ -440,18 +372,16 @@ fn bf16_needs_sm80_and_says_so() -> Result<()> {
         return Ok(());
     };
     // candle itself may not build bf16 tensors on an old GPU: then there is nothing to check.
-    let t = match Tensor::ones(100, DType::F32, &Device::Cpu)?
-        .to_dtype(DType::BF16)?
-        .to_device(&dev)
-    {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
+    let t =
+        match Tensor::ones(100, DType::F32, &Device::Cpu)?.to_dtype(DType::BF16)?.to_device(&dev) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!(
                 "bf16_needs_sm80_and_says_so: skipped, candle cannot make bf16 tensors here ({e})"
             );
-            return Ok(());
-        }
-    };
+                return Ok(());
+            }
+        };
     let v = Var::from_tensor(&t)?;
     let mut opt = RAdam::new(vec![v.clone()], ParamsRAdam::default())?;
     let mut grads = GradStore::default();
