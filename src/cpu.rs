@@ -188,6 +188,7 @@ macro_rules! storage_access {
 
 macro_rules! nonfinite_by_bits {
     ($bits:ty, $mask:expr) => {
+        #[inline(always)]
         fn any_nonfinite(x: &[Self]) -> bool {
             // OR-reduce "exponent bits all ones" with integer ops: vectorizes, no early exit.
             let mut acc: $bits = 0;
@@ -329,6 +330,23 @@ unsafe fn update_avx2<T: Element>(
     T::update(p, g, m, v, k)
 }
 
+/// `T::any_nonfinite`, compiled for AVX2 where the CPU has it (as [`update_chunk`]).
+#[inline]
+fn scan_chunk<T: Element>(x: &[T]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { scan_avx2(x) };
+    }
+    T::any_nonfinite(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2<T: Element>(x: &[T]) -> bool {
+    T::any_nonfinite(x)
+}
+
 /// The in-place op: param is the destination, grad the source, the moments ride along.
 struct StepOp<'a> {
     moments: Mutex<&'a mut CpuMoments>,
@@ -396,7 +414,7 @@ pub(crate) fn step(
 pub(crate) fn any_nonfinite(grad: &Tensor) -> Result<bool> {
     fn scan<T: Element>(s: &CpuStorage, (a, b): (usize, usize)) -> Result<bool> {
         let Some(x) = T::slice(s) else { bail!("RAdam: gradient dtype mismatch") };
-        Ok(x[a..b].par_chunks(CHUNK).any(T::any_nonfinite))
+        Ok(x[a..b].par_chunks(CHUNK).any(scan_chunk::<T>))
     }
     let (storage, layout) = grad.storage_and_layout();
     let candle_core::Storage::Cpu(s) = &*storage else { bail!("RAdam: expected a CPU gradient") };
