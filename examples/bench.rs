@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use candle_radam::{NonFinite, ParamsRAdam, RAdam};
@@ -257,7 +257,7 @@ fn main() -> Result<()> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device cuda needs the `cuda` feature: cargo run --release --features cuda --example bench -- --device cuda");
             }
-            Device::new_cuda(0)?
+            Device::new_cuda(0).context("--device cuda: cannot open CUDA device 0")?
         }
         other => bail!("unknown device {other} (cpu or cuda)"),
     };

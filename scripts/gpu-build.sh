@@ -2,7 +2,7 @@
 # Builds the CUDA binaries here (no GPU needed) and packs them, gzipped, with scripts/gpu-run.sh
 # into gpu-bundle/ (git-ignored), to be run on a GPU machine that has no cargo and no network:
 #
-#   scripts/gpu-build.sh                 # -> gpu-bundle/ (~30 MB)
+#   scripts/gpu-build.sh                 # -> gpu-bundle/ (~45 MB)
 #   # on the GPU machine, from the repository root (the device tool: carry ["gpu-bundle"]):
 #   bash gpu-bundle/gpu-run.sh
 #
@@ -20,6 +20,7 @@ eval "$(scripts/cuda-toolchain.sh)"
 
 examples=(--example compare)
 [[ -f examples/bench.rs || -f examples/bench/main.rs ]] && examples+=(--example bench)
+[[ -f examples/nmt/main.rs ]] && examples+=(--example nmt)
 
 echo "gpu-build: cargo build --release --features cuda --test cuda ${examples[*]}" >&2
 json=$(nice -n 10 cargo build --release --features cuda --test cuda "${examples[@]}" --message-format=json)
@@ -32,7 +33,7 @@ echo "$json" | grep '"executable":"/' | while read -r line; do
   name=$(sed -n 's/.*"target":{[^}]*"name":"\([^"]*\)".*/\1/p' <<<"$line")
   case "$name" in
     cuda) out=cuda-tests ;;
-    compare | bench) out="$name" ;;
+    compare | bench | nmt) out="$name" ;;
     *) continue ;;
   esac
   cp "$exe" "$BUNDLE/$out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the bundle made by scripts/gpu-build.sh on a GPU machine (no cargo, no network needed):
-# the CUDA tests, the CPU-vs-GPU training comparison, the benchmark, and the torch benchmark when
-# python3 has torch, then prints one summary. Exits non-zero if a check failed, or if there is no
+# the CUDA tests, the CPU-vs-GPU training comparison, the benchmark, the torch benchmark when
+# python3 has torch, and the NMT example's default comparison on the GPU, then prints one summary. Exits non-zero if a check failed, or if there is no
 # usable GPU (after saying why).
 #
 #   bash gpu-bundle/gpu-run.sh            # from anywhere; finds the binaries beside itself
@@ -22,7 +22,7 @@ status=0
 note() { summary+=("$1"); }
 
 # --- binaries -------------------------------------------------------------------------------
-for b in cuda-tests compare bench; do
+for b in cuda-tests compare bench nmt; do
   if [[ -f "$here/$b.gz" ]]; then
     gzip -dc "$here/$b.gz" > "$work/bin/$b" && chmod +x "$work/bin/$b"
   elif [[ -x "$here/$b" ]]; then
@@ -120,6 +120,14 @@ if [[ $status == 0 ]]; then
     run bench-torch python3 "$here/bench_torch.py" --device cuda
   else
     note "bench-torch  skipped (no bench_torch.py, or python3 has no CUDA torch)"
+  fi
+  if [[ -x "$work/bin/nmt" ]]; then
+    # The README's main job on the GPU: default task and flags, the three variants.
+    run nmt timeout "${NMT_TIMEOUT:-300}" "$work/bin/nmt" --device cuda \
+      --compare adam,adam-warmup,radam --out "$logs/nmt" --quiet
+    [[ -f "$logs/nmt/summary.json" ]] && { echo "  nmt summary:"; cat "$logs/nmt/summary.json"; }
+  else
+    note "nmt          not in the bundle"
   fi
 fi
 

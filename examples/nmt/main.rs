@@ -270,7 +270,10 @@ fn device(d: DeviceArg) -> Result<Device> {
         DeviceArg::Cuda => {
             #[cfg(feature = "cuda")]
             {
-                Ok(Device::new_cuda(0)?)
+                Device::new_cuda(0).map_err(|e| {
+                    let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                    anyhow::anyhow!("--device cuda: cannot open CUDA device 0 ({first})")
+                })
             }
             #[cfg(not(feature = "cuda"))]
             {
