@@ -200,37 +200,28 @@ macro_rules! nonfinite_by_bits {
     };
 }
 
-impl Element for f32 {
-    type Acc = f32;
-    storage_access!(F32);
-    nonfinite_by_bits!(u32, 0x7f80_0000u32);
-    fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, f32>> {
-        match mo {
-            CpuMoments::F32 { m, v } => Some((m, v)),
-            _ => None,
+/// f32 / f64: moments in the param's own dtype, the rule run directly on the slices.
+macro_rules! full_element {
+    ($t:ty, $variant:ident, $bits:ty, $mask:expr) => {
+        impl Element for $t {
+            type Acc = $t;
+            storage_access!($variant);
+            nonfinite_by_bits!($bits, $mask);
+            fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, $t>> {
+                match mo {
+                    CpuMoments::$variant { m, v } => Some((m, v)),
+                    _ => None,
+                }
+            }
+            #[inline(always)]
+            fn update(p: &mut [$t], g: &[$t], m: &mut [$t], v: &mut [$t], k: &Coeffs<$t>) {
+                dispatch(p, g, m, v, k)
+            }
         }
-    }
-    #[inline(always)]
-    fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>) {
-        dispatch(p, g, m, v, k)
-    }
+    };
 }
-
-impl Element for f64 {
-    type Acc = f64;
-    storage_access!(F64);
-    nonfinite_by_bits!(u64, 0x7ff0_0000_0000_0000u64);
-    fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, f64>> {
-        match mo {
-            CpuMoments::F64 { m, v } => Some((m, v)),
-            _ => None,
-        }
-    }
-    #[inline(always)]
-    fn update(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], k: &Coeffs<f64>) {
-        dispatch(p, g, m, v, k)
-    }
-}
+full_element!(f32, F32, u32, 0x7f80_0000u32);
+full_element!(f64, F64, u64, 0x7ff0_0000_0000_0000u64);
 
 /// f16 / bf16: convert a block to f32, run the f32 rule, round back (nearest even).
 #[inline(always)]
