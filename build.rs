@@ -41,6 +41,8 @@ fn build_kernels() -> Result<(), String> {
             s.trim()
                 .trim_start_matches("sm_")
                 .trim_start_matches("compute_")
+                // Arch-specific variants (90a, 100f) take the plain compute_XY PTX.
+                .trim_end_matches(['a', 'f'])
                 .parse::<u32>()
                 .map_err(|_| format!("CUDA_COMPUTE_CAP={s:?} is not a number like 80 or 90"))?,
         ),
@@ -63,13 +65,33 @@ fn build_kernels() -> Result<(), String> {
         compile(&nvcc, src, &out_dir.join(format!("{stem}.ptx")), base_arch)?;
         compile(&nvcc, src, &out_dir.join(format!("{stem}_sm80.ptx")), hi_arch)?;
     }
-    // The archs of both PTX files, so the loader knows which GPUs can take them.
+    // The archs of both PTX files, so the loader knows which GPUs can take them, and the launch
+    // geometry the kernel was written for (read from its #defines: one source of truth).
+    let kernel = std::fs::read_to_string("kernels/radam.cu").map_err(|e| e.to_string())?;
+    let chunk = kernel_define(&kernel, "RADAM_CHUNK")?;
+    let threads = kernel_define(&kernel, "RADAM_THREADS")?;
     std::fs::write(
-        out_dir.join("ptx_arch.rs"),
-        format!("pub(crate) const BASE_ARCH: u32 = {base_arch};\npub(crate) const HI_ARCH: u32 = {hi_arch};\n"),
+        out_dir.join("kernel_info.rs"),
+        format!(
+            "pub(crate) const BASE_ARCH: u32 = {base_arch};\n\
+             pub(crate) const HI_ARCH: u32 = {hi_arch};\n\
+             /// Elements per block (`RADAM_CHUNK` in kernels/radam.cu).\n\
+             pub(crate) const CHUNK: u64 = {chunk};\n\
+             /// Threads per block (`RADAM_THREADS` in kernels/radam.cu).\n\
+             pub(crate) const THREADS: u32 = {threads};\n"
+        ),
     )
     .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The value of `#define NAME <integer>` in the kernel source.
+fn kernel_define(src: &str, name: &str) -> Result<u64, String> {
+    src.lines()
+        .filter_map(|l| l.trim().strip_prefix("#define "))
+        .filter_map(|l| l.trim().strip_prefix(name))
+        .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("kernels/radam.cu has no `#define {name} <integer>`"))
 }
 
 fn compile(nvcc: &Path, src: &Path, out: &Path, arch: u32) -> Result<(), String> {

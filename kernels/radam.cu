@@ -26,7 +26,7 @@
 
 // Elements per block (a multiple of every VEC); 4096 keeps small models spread over the SMs.
 #define RADAM_CHUNK 4096
-// Threads per block; src/cuda.rs launches with the same number.
+// Threads per block. build.rs reads both #defines for src/cuda.rs's launch geometry.
 #define RADAM_THREADS 256
 
 // One tensor of the table. Must match `Entry` in src/cuda.rs (8 x u64 = 64 bytes).
@@ -40,6 +40,7 @@ struct Entry {
     uint64_t flags;        // bit 0: p, g, m, v all 16-byte aligned; bit 1: g 16-byte aligned
     uint64_t item;         // index of the tensor in the caller's list (non-finite flags)
 };
+static_assert(sizeof(Entry) == 64, "Entry must stay 8 x u64 (ENTRY_WORDS in src/cuda.rs)");
 
 // ---------------------------------------------------------------------------------------------
 // dtype plumbing: Storage <-> math type

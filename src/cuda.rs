@@ -11,6 +11,15 @@
 //! on candle's own stream for the device (`CudaDevice::cuda_stream`), so it is ordered after the
 //! backward pass that produced the grads and before any later candle op that reads the params.
 //! The caller guarantees that a grad never shares storage with its param.
+//!
+//! Streams: candle gives each `CudaDevice` handle one stream (for `Device::new_cuda`, the
+//! driver's per-thread default stream), and all of candle's ops on that handle's tensors go on
+//! it. Because the params are written under a *read* access record, cudarc's cross-stream event
+//! tracking does not see the write: the ordering above relies on the params being used on this
+//! one stream only — which is what candle does. Hence, as for any candle CUDA code, call `step`
+//! on the thread that ran the backward pass (with the per-thread stream, another thread is
+//! another stream), and do not hand the params to a second stream of your own without
+//! synchronizing it first.
 
 use std::sync::Arc;
 
@@ -25,11 +34,9 @@ use crate::rule::StepScalars;
 const PTX_BASE: &str = include_str!(concat!(env!("OUT_DIR"), "/radam.ptx"));
 /// The PTX for compute capability `HI_ARCH` and newer, with the bf16 kernels.
 const PTX_HI: &str = include_str!(concat!(env!("OUT_DIR"), "/radam_sm80.ptx"));
-include!(concat!(env!("OUT_DIR"), "/ptx_arch.rs"));
-
-/// Elements per block and threads per block: must match `RADAM_CHUNK` / `RADAM_THREADS`.
-const CHUNK: u64 = 4096;
-const THREADS: u32 = 256;
+// BASE_ARCH / HI_ARCH (the two PTX targets) and CHUNK / THREADS (the kernel's launch geometry),
+// written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/kernel_info.rs"));
 /// u64 words per table entry (`struct Entry` in the kernel).
 const ENTRY_WORDS: usize = 8;
 
@@ -182,6 +189,14 @@ fn raw_ptr<'s>(
     })
 }
 
+/// Whether this build's kernels run `dtype` params on the GPU `dev`: `Ok(())`, or the error that
+/// [`RAdam::new`](crate::RAdam::new) would give (GPU older than the PTX targets, or bf16 on a GPU
+/// below sm_80 or below this build's `CUDA_COMPUTE_CAP`). Non-float dtypes are refused by `new`
+/// itself.
+pub fn cuda_supports(dev: &CudaDevice, dtype: DType) -> Result<()> {
+    module_for(&dev.cuda_stream(), dtype == DType::BF16).map(|_| ())
+}
+
 /// Which PTX module a device runs, by compute capability; loaded once per device by candle's
 /// custom-module cache.
 fn module_for(stream: &Arc<CudaStream>, need_bf16: bool) -> Result<(&'static str, &'static str)> {
@@ -297,14 +312,18 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
     if groups.is_empty() {
         return Ok(None);
     }
+    // Every kernel looked up before anything is launched: a failure changes nothing.
     let (module, ptx) = module_for(&stream, false)?;
+    let funcs = groups
+        .iter()
+        .map(|g| dev.get_or_load_custom_func(KINDS[g.kind].2, module, ptx))
+        .collect::<Result<Vec<_>>>()?;
     let dev_table = w(stream.clone_htod(&words))?;
     let mut flags = w(stream.alloc_zeros::<u32>(items.len()))?;
     {
         let (base, _t) = dev_table.device_ptr(&stream);
         let (flags_ptr, _f) = flags.device_ptr_mut(&stream);
-        for grp in &groups {
-            let func = dev.get_or_load_custom_func(KINDS[grp.kind].2, module, ptx)?;
+        for (grp, func) in groups.iter().zip(&funcs) {
             let table_ptr = base + 8 * grp.table_word as u64;
             let map_ptr = base + 8 * grp.map_word as u64;
             let mut b = func.builder();
@@ -374,6 +393,10 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
     }
     let need_bf16 = groups.iter().any(|g| KINDS[g.kind].0 == DType::BF16);
     let (module, ptx) = module_for(&stream, need_bf16)?;
+    let funcs = groups
+        .iter()
+        .map(|g| dev.get_or_load_custom_func(KINDS[g.kind].1, module, ptx))
+        .collect::<Result<Vec<_>>>()?;
     let dev_table = w(stream.clone_htod(&words))?;
     let update = k.update as u8 as i32;
     // The scalars, rounded once from f64 to the kernels' math type.
@@ -381,8 +404,7 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
     let s32 = s64.map(|x| x as f32);
     {
         let (base, _t) = dev_table.device_ptr(&stream);
-        for grp in &groups {
-            let func = dev.get_or_load_custom_func(KINDS[grp.kind].1, module, ptx)?;
+        for (grp, func) in groups.iter().zip(&funcs) {
             let table_ptr = base + 8 * grp.table_word as u64;
             let map_ptr = base + 8 * grp.map_word as u64;
             let mut b = func.builder();

@@ -89,3 +89,6 @@ pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
 pub use rule::{StepScalars, Update};
+
+#[cfg(feature = "cuda")]
+pub use cuda::cuda_supports;

@@ -214,25 +214,28 @@ fn grads_by_slot(n: usize, work: &[(usize, Tensor)]) -> Vec<Option<&Tensor>> {
     by_slot
 }
 
-/// The CUDA variables that have a gradient, grouped by device (one multi-tensor launch each),
-/// with their slot indices.
+/// The CUDA variables that have a gradient, grouped by device handle (one multi-tensor launch
+/// each, on that handle's stream), with their slot indices. Grouping uses
+/// [`Device::same_device`](candle_core::Device::same_device), i.e. candle's per-handle device id,
+/// not the ordinal: two `Device::new_cuda(0)` handles have their own streams and get their own
+/// launches.
 #[cfg(feature = "cuda")]
 fn cuda_batches<'a>(
     slots: &'a mut [Slot],
     by_slot: &[Option<&'a Tensor>],
 ) -> Vec<(Vec<usize>, Vec<crate::cuda::Item<'a>>)> {
-    let mut batches: Vec<(candle_core::DeviceLocation, Vec<usize>, Vec<crate::cuda::Item<'a>>)> =
+    let mut batches: Vec<(&'a candle_core::Device, Vec<usize>, Vec<crate::cuda::Item<'a>>)> =
         Vec::new();
     for (i, (s, g)) in slots.iter_mut().zip(by_slot).enumerate() {
         let (Moments::Cuda(m), Some(g)) = (&mut s.moments, g) else { continue };
-        let loc = s.var.device().location();
-        let item = crate::cuda::Item { param: s.var.as_tensor(), grad: g, moments: m };
-        match batches.iter_mut().find(|(l, _, _)| *l == loc) {
+        let param = s.var.as_tensor();
+        let item = crate::cuda::Item { param, grad: g, moments: m };
+        match batches.iter_mut().find(|(d, _, _)| d.same_device(param.device())) {
             Some((_, ids, items)) => {
                 ids.push(i);
                 items.push(item);
             }
-            None => batches.push((loc, vec![i], vec![item])),
+            None => batches.push((param.device(), vec![i], vec![item])),
         }
     }
     batches.into_iter().map(|(_, ids, items)| (ids, items)).collect()
