@@ -1,7 +1,8 @@
 //! `rho_inf`, `rho_t`, `1 - beta2^t`, `r_t` and the branch against exact rational arithmetic
 //! (generator: tests/golden/gen_rho.py, Python `fractions`): every beta2 of a grid from 0 to
 //! 1 - 2^-53 (including just above 2/3, where `rho_t` creeps up to 5, and within a few ulp of 1)
-//! and steps from 1 to 1e9, plus the crossing step of each beta2. 1e-12 relative, exact branch.
+//! and 160 seeded random ones (uniform, log-uniform near 1, and up to 1e6 ulp above 2/3), at steps
+//! from 1 to 1e9 plus the crossing step of each beta2. 1e-12 relative, exact branch.
 
 use candle_radam::rule::{one_minus_beta2_pow, rectification, rho_inf, rho_t, RHO_THRESHOLD};
 use candle_radam::{ParamsRAdam, StepScalars, Update};
@@ -58,7 +59,7 @@ const TOL: f64 = 1e-12;
 #[test]
 fn step_scalars_match_exact_arithmetic() {
     let cases = cases();
-    assert!(cases.len() > 1000);
+    assert!(cases.len() > 3000);
     let (mut w_rho, mut w_inf, mut w_bc2, mut w_r) =
         (Worst::default(), Worst::default(), Worst::default(), Worst::default());
     let mut torch_wrong = 0;
@@ -97,7 +98,7 @@ fn step_scalars_match_exact_arithmetic() {
     }
     // The grid must exercise the fault: cases where torch's evaluation takes the wrong branch.
     println!("{} cases, torch's formula takes the wrong branch in {torch_wrong}", cases.len());
-    assert!(torch_wrong >= 40, "{torch_wrong}");
+    assert!(torch_wrong >= 100, "{torch_wrong}");
 }
 
 /// torch's evaluation, as `StepScalars::new` did before: `1 - beta2^t` and the difference of two

@@ -16,6 +16,10 @@ leaves in rho_t is below 2^-900 (the cancellation in the formula costs at most 2
 against the distance of rho_t from 5 so that the recorded branch is exact. Square roots: integer
 square root at 2 * PREC bits. Every value is then rounded once to the nearest f64.
 
+The grid: beta2 from 0 to 1 - 2^-53 (0.5, around 2/3, 0.9, 0.999, ..., 1 - 10^-k, 1 - k 2^-53) at
+steps 1 to 1e9, plus 160 seeded random beta2 (``random_betas``), each also at its crossing step
+(the first with rho_t > 5) and the steps either side.
+
 For comparison, each case also records the branch that torch's formula takes when evaluated in
 f64 exactly as ``torch.optim.RAdam`` does (``beta2 ** step`` etc.); the grid includes cases where
 that branch is wrong (beta2 within a few ulp of 1 and just above 2/3, at the crossing step).
@@ -25,6 +29,7 @@ Regenerate (standard library only):  python3 tests/golden/gen_rho.py
 import json
 import math
 import os
+import random
 from fractions import Fraction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -143,10 +148,24 @@ STEPS = [1, 2, 3, 4, 5, 6, 7, 8, 10, 20, 50, 100, 200, 1000, 2001, 5000, 10**4, 
          10**7, 10**8, 10**9]
 
 
+def random_betas():
+    """Seeded random beta2: uniform in [0, 1), log-uniform 1 - beta2 in [2^-53, 1/2), and one ulp
+    to a million ulp above 2/3 (rho_inf just above 5: the branch is decided on ~1e-16)."""
+    rng = random.Random(20261129)
+    out = [rng.random() for _ in range(40)]
+    out += [1 - 2.0 ** -rng.uniform(1, 53) for _ in range(80)]
+    out += [2 / 3 + int(10 ** rng.uniform(0, 6)) * 2.0**-53 for _ in range(40)]
+    return sorted(set(b for b in out if 0 <= b < 1) - set(betas()))
+
+
+RANDOM_STEPS = [1, 2, 3, 4, 5, 6, 7, 10, 100, 10**4, 10**6, 10**9]
+
+
 def main():
     cases = []
-    for beta2 in betas():
-        steps = set(STEPS)
+    grid = [(b, STEPS) for b in betas()] + [(b, RANDOM_STEPS) for b in random_betas()]
+    for beta2, base_steps in grid:
+        steps = set(base_steps)
         t0 = first_tractable(beta2)
         if t0 is not None:
             steps |= {max(1, t0 - 1), t0, t0 + 1}
@@ -165,7 +184,9 @@ def main():
     wrong = [c for c in cases if c["torch_tractable"] != c["tractable"]]
     assert wrong, "the grid must include cases where torch's formula takes the wrong branch"
     with open(os.path.join(HERE, "rho.json"), "w") as f:
-        json.dump({"generator": "tests/golden/gen_rho.py", "cases": cases}, f, indent=0)
+        f.write('{"generator": "tests/golden/gen_rho.py", "cases": [\n')
+        f.write(",\n".join(json.dumps(c, separators=(",", ":")) for c in cases))
+        f.write("\n]}\n")
     print(f"{len(cases)} cases, torch's formula takes the wrong branch in {len(wrong)}:")
     for c in wrong:
         print(f"  beta2 = {c['beta2']!r}, t = {c['t']}: rho_t = {c['rho_t']!r} "
