@@ -519,6 +519,8 @@ pub fn warmup_then(
     if warmup_steps == 0 {
         return Join::new(vec![Box::new(decay)], vec![]);
     }
+    check_lr("warmup_then: warmup_init", warmup_init)?;
+    check_lr("warmup_then: the decay's lr(0) (the warmup's target)", decay.lr(0))?;
     let warmup = Linear::new(warmup_init, decay.lr(0), warmup_steps)?;
     Join::new(vec![Box::new(warmup), Box::new(decay)], vec![warmup_steps])
 }
@@ -562,7 +564,9 @@ impl<O: Optimizer, S: Schedule> Scheduled<O, S> {
         Self::resume(opt, schedule, 0)
     }
 
-    /// Continues a run that has taken `step` updates.
+    /// Continues a run that has taken `step` updates (save [`Scheduled::step_count`] with the
+    /// optimizer's state; for [`crate::RAdam`] without skipped steps it equals its
+    /// `step_count()`).
     pub fn resume(opt: O, schedule: S, step: u64) -> Self {
         Self { opt, schedule, step }
     }

@@ -172,7 +172,14 @@ fn arguments_are_validated() {
             .map(drop)),
             "strictly increasing and >= 1",
         ),
-        (msg(warmup_then(5, -1.0, Constant::new(1.0).unwrap()).map(drop)), "init must be finite"),
+        (
+            msg(warmup_then(5, -1.0, Constant::new(1.0).unwrap()).map(drop)),
+            "warmup_then: warmup_init must be finite and >= 0, got -1",
+        ),
+        (
+            msg(warmup_then(5, 0.0, Lambda::new(1.0, |_| f64::NAN)).map(drop)),
+            "the decay's lr(0) (the warmup's target) must be finite and >= 0, got NaN",
+        ),
     ] {
         assert!(err.contains(want), "{err:?} lacks {want:?}");
     }
