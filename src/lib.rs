@@ -83,6 +83,7 @@ mod moments;
 mod optimizer;
 mod params;
 pub mod rule;
+pub mod schedule;
 mod state;
 
 pub use moments::moment_dtype;

@@ -65,11 +65,9 @@ impl StepScalars {
     /// The scalars for step `t` (1-based) under `p`.
     pub fn new(p: &ParamsRAdam, t: u64) -> Self {
         debug_assert!(t >= 1);
-        let tf = t as f64;
-        let beta2_t = p.beta2.powf(tf);
-        let bc2 = 1.0 - beta2_t;
-        let rho_inf = 2.0 / (1.0 - p.beta2) - 1.0;
-        let rho_t = rho_inf - 2.0 * tf * beta2_t / bc2;
+        let bc2 = one_minus_beta2_pow(p.beta2, t);
+        let rho_inf = rho_inf(p.beta2);
+        let rho_t = rho_t(p.beta2, t);
 
         // During the v-only phase the first moment is frozen (beta1 = 1) and its bias correction
         // afterwards counts only the steps that updated it.
@@ -85,9 +83,7 @@ impl StepScalars {
             // added to the uncorrected sqrt(v) like the rectified branch.
             (Update::Adaptive, 1.0, p.lr * bc2.sqrt() / bc1, p.eps * bc2.sqrt())
         } else if rho_t > RHO_THRESHOLD {
-            let r_t = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-                .sqrt();
+            let r_t = rectification(rho_t, rho_inf);
             (Update::Adaptive, r_t, p.lr * r_t * bc2.sqrt() / bc1, p.eps)
         } else if p.degenerate_to_sgd {
             (Update::Sgd, f64::NAN, p.lr / bc1, p.eps)
@@ -116,6 +112,117 @@ impl StepScalars {
             decay,
         }
     }
+}
+
+// Numerically stable forms of the step-dependent scalars. torch evaluates
+// `rho_inf - 2 t beta2^t / (1 - beta2^t)` directly: both terms are about 2 / (1 - beta2) while their
+// difference is about t, and `1 - beta2^t` itself cancels, so as beta2 -> 1 the result loses every
+// digit (beta2 = 1 - 1e-9 gives rho_4 = 7 instead of 3.99999999750, and the rectified branch is taken
+// at step 4). Below, with ell = -ln(beta2), x = t ell and d = 1 - beta2 (exact for beta2 >= 1/2):
+//
+//   rho_t = rho_inf - 2 t / (e^x - 1)                                     (torch's formula)
+//         = t + g(d) + 2 t (h(x) - 1/2)
+//   g(d)  = rho_inf - 2 / ell = 2 sum_{n>=2} |G_n| d^(n-1)   (G_n: Gregory coefficients, all > 0)
+//   h(x)  = 1/x - 1/(e^x - 1) = 1/2 - x/12 + x^3/720 - ... = 1/2 + sum_k B_2k x^(2k-1) / (2k)!
+//
+// The second form has no cancellation for x < 1/2 (series for g and h where they would cancel);
+// for x >= 1/2 the first form cancels by at most a factor 4.4, its two terms being computed
+// to a few ulp (`expm1`, and `rho_inf - 5 = (6 beta2 - 4) / (1 - beta2)` with one fused
+// multiply-add, exact near beta2 = 2/3). Both give the margin `rho_t - 5` directly, so the branch
+// is decided on a value whose error is a few ulp of the margin's own terms. Checked against exact
+// rational arithmetic in tests/rho.rs (generator tests/golden/gen_rho.py).
+
+/// Gregory coefficients `2 |G_n|`, n = 2..19: `g(d) = d * sum_k GREGORY[k] d^k`.
+const GREGORY: [f64; 18] = [
+    1.0 / 6.0,
+    1.0 / 12.0,
+    19.0 / 360.0,
+    3.0 / 80.0,
+    863.0 / 30240.0,
+    275.0 / 12096.0,
+    33953.0 / 1814400.0,
+    8183.0 / 518400.0,
+    3250433.0 / 239500800.0,
+    4671.0 / 394240.0,
+    13695779093.0 / 1307674368000.0,
+    2224234463.0 / 237758976000.0,
+    132282840127.0 / 15692092416000.0,
+    2639651053.0 / 344881152000.0,
+    111956703448001.0 / 16005934264320000.0,
+    50188465.0 / 7806582784.0,
+    2334028946344463.0 / 393007247474688000.0,
+    301124035185049.0 / 54642718900224000.0,
+];
+
+/// `B_2k / (2k)!`, k = 1..9: `h(x) - 1/2 = x * sum_k BERNOULLI[k] x^(2k)`.
+const BERNOULLI: [f64; 9] = [
+    -1.0 / 12.0,
+    1.0 / 720.0,
+    -1.0 / 30240.0,
+    1.0 / 1209600.0,
+    -1.0 / 47900160.0,
+    691.0 / 1307674368000.0,
+    -1.0 / 74724249600.0,
+    3617.0 / 10670622842880000.0,
+    -43867.0 / 5109094217170944000.0,
+];
+
+/// `sum_k c[k] y^k` (Horner).
+fn poly(c: &[f64], y: f64) -> f64 {
+    c.iter().rev().fold(0.0, |acc, &ck| acc.mul_add(y, ck))
+}
+
+/// `rho_inf = 2 / (1 - beta2) - 1`, the limit of `rho_t` (RAdam, Liu et al. 2019, eq. 5; torch's
+/// `rho_inf`), evaluated as `(1 + beta2) / (1 - beta2)`: within 2 ulp for every `beta2` in [0, 1).
+pub fn rho_inf(beta2: f64) -> f64 {
+    (1.0 + beta2) / (1.0 - beta2)
+}
+
+/// `1 - beta2^t`, Adam's second bias correction (torch's `bias_correction2`), as
+/// `-expm1(-t ln(1 / beta2))`: within a few ulp for every `beta2` in [0, 1) and `t >= 1` (torch's
+/// `1 - beta2 ** t` keeps only `-log2(1 - beta2^t)` of its 53 bits).
+pub fn one_minus_beta2_pow(beta2: f64, t: u64) -> f64 {
+    -(-(t as f64) * -beta2.ln()).exp_m1()
+}
+
+/// `rho_t - 5` for step `t >= 1` (see the comment above `GREGORY`).
+fn rho_margin(beta2: f64, t: u64) -> f64 {
+    let tf = t as f64;
+    let ell = -beta2.ln(); // +inf for beta2 = 0
+    let x = tf * ell;
+    if x < 0.5 {
+        let d = 1.0 - beta2; // beta2 > e^-0.5 here: exact
+        let g = if d < 0.1 { d * poly(&GREGORY, d) } else { rho_inf(beta2) - 2.0 / ell };
+        let h_minus_half = x * poly(&BERNOULLI, x * x);
+        (tf - RHO_THRESHOLD) + (g + 2.0 * tf * h_minus_half)
+    } else {
+        let rho_inf_minus_threshold =
+            beta2.mul_add(1.0 + RHO_THRESHOLD, 1.0 - RHO_THRESHOLD) / (1.0 - beta2);
+        rho_inf_minus_threshold - 2.0 * tf / x.exp_m1()
+    }
+}
+
+/// `rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)`, the length of the approximated simple moving
+/// average at step `t >= 1` (RAdam, eq. 6 and Algorithm 2; torch's `rho_t`), for `beta2` in
+/// [0, 1). Within about 1e-14 relative of the exact value (torch's evaluation loses every digit as
+/// `beta2 -> 1`), and rounded away from [`RHO_THRESHOLD`] when it would land on it, so that
+/// `rho_t(beta2, t) > RHO_THRESHOLD` is the exact branch.
+pub fn rho_t(beta2: f64, t: u64) -> f64 {
+    let margin = rho_margin(beta2, t);
+    let rho = RHO_THRESHOLD + margin;
+    if margin > 0.0 && rho == RHO_THRESHOLD {
+        rho.next_up()
+    } else {
+        rho
+    }
+}
+
+/// The variance rectification term
+/// `r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))`
+/// (RAdam, eq. 7 / Algorithm 2; torch's `rect`), for `rho_inf >= rho_t > 5`. Evaluated as a product
+/// of three ratios, which neither overflows nor cancels: a few ulp from accurate inputs.
+pub fn rectification(rho_t: f64, rho_inf: f64) -> f64 {
+    ((rho_t - 4.0) / rho_t * ((rho_t - 2.0) / (rho_inf - 2.0)) * (rho_inf / (rho_inf - 4.0))).sqrt()
 }
 
 #[cfg(test)]
