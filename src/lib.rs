@@ -79,16 +79,19 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod groups;
 mod moments;
 mod optimizer;
 mod params;
 pub mod rule;
 mod state;
 
+pub use groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
 pub use rule::{StepScalars, Update};
+pub use state::LoadReport;
 
 #[cfg(feature = "cuda")]
 pub use cuda::cuda_supports;
