@@ -118,7 +118,7 @@ fn learning_rate_is_validated() {
     assert_eq!(opt.learning_rate(), 0.5);
     assert!(opt.try_set_learning_rate(-1.0).is_err());
     assert_eq!(opt.learning_rate(), 0.5);
-    opt.set_learning_rate(f64::NAN); // held back, reported by the next step (tests/issue8.rs)
+    opt.set_learning_rate(f64::NAN); // held back, reported by the next step (tests/steps.rs)
     assert!(opt.learning_rate().is_nan());
     opt.set_learning_rate(0.25);
     assert_eq!(opt.learning_rate(), 0.25);
