@@ -96,7 +96,7 @@ fn trained(positional: bool) -> (Vec<Var>, RAdam, Vec<u8>) {
     for t in 1..=7 {
         let mut g = GradStore::default();
         for (i, v) in vars.iter().enumerate() {
-            if (t + i as u64) % 3 != 0 {
+            if !(t + i as u64).is_multiple_of(3) {
                 g.insert(v, grad_for(v, 10 + i as u64, t));
             }
         }

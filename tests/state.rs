@@ -51,7 +51,7 @@ fn train(opt: &mut RAdam, vars: &[Var], seeds: &[u64], steps: std::ops::RangeInc
     for t in steps {
         let mut g = GradStore::default();
         for (i, (v, s)) in vars.iter().zip(seeds).enumerate() {
-            if (t + i as u64) % 4 != 0 {
+            if !(t + i as u64).is_multiple_of(4) {
                 g.insert(v, grad(v, *s, t));
             }
         }
@@ -98,7 +98,7 @@ fn item7_positional_state_follows_the_variables_not_the_positions() {
     for t in 9..=16 {
         let mut g = GradStore::default();
         for (j, &i) in order.iter().enumerate() {
-            if (t + i as u64) % 4 != 0 {
+            if !(t + i as u64).is_multiple_of(4) {
                 g.insert(&resumed[j], grad(&resumed[j], resumed_seeds[j], t));
             }
         }

@@ -311,8 +311,8 @@ fn a_group_steps_like_an_optimizer_with_its_parameters() {
             |i: u64| common::hash_tensor(1025, 50 + i, t, DType::F32, 1.0, 0.25, &DEV).unwrap();
         let mut gg = GradStore::default();
         let (mut gb, mut gs) = (GradStore::default(), GradStore::default());
-        for i in 0..3 {
-            gg.insert(&grouped[i], grad(i as u64));
+        for (i, v) in grouped.iter().enumerate() {
+            gg.insert(v, grad(i as u64));
         }
         gb.insert(&alone_base[0], grad(0));
         gb.insert(&alone_base[2], grad(2));
