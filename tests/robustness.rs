@@ -247,7 +247,7 @@ fn g() -> impl Strategy<Value = G> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn load_state_on_mutated_files_never_panics_and_fails_cleanly(
