@@ -4,7 +4,7 @@ use candle_core::{bail, Result};
 
 use crate::rule::RHO_THRESHOLD;
 
-/// What [`crate::RAdam::step`] does when a gradient holds a NaN or an infinity.
+/// What [`step`](candle_nn::Optimizer::step) does when a gradient holds a NaN or an infinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NonFinite {
     /// Return an error naming the first offending variable; no parameter, moment or the step

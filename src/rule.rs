@@ -19,7 +19,7 @@
 //! underflows to 0 with `eps = 0`; the step is then 0 too, never an infinity.
 //!
 //! `t` is per variable (torch's `state['step']`): it counts the steps on which that variable had a
-//! gradient, so one step may use several scalar sets ([`ScalarSets`]: one per distinct (parameter
+//! gradient, so one step may use several scalar sets (`ScalarSets`: one per distinct (parameter
 //! group, `t`)).
 //!
 //! A per-step gradient multiplier shared by all variables (a clipping coefficient or an inverse
