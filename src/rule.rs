@@ -15,8 +15,11 @@
 //!
 //! The `d == 0` select (branch-free: a vector blend on CPU) makes a zero first and second moment
 //! give a zero step whatever `eps` and `lr` are, where torch computes `0 / 0 = NaN` with
-//! `eps = 0` (and `0 * inf` with `lr = 0`). `d == 0` with `m != 0` only happens when `g * g`
-//! underflows to 0 with `eps = 0`; the step is then 0 too, never an infinity.
+//! `eps = 0` (for any `lr`, 0 included). `d == 0` with `m != 0` only happens when `g * g`
+//! underflows to 0 with `eps = 0`; the step is then 0 too, never an infinity. The SGD branch has
+//! no division (`step_size * m` is 0 for `m = 0`: `step_size = lr / (1 - beta1^t)` is finite
+//! since `beta1 < 1`), and f16 / bf16 parameters go through the same f32 loop (CPU) or
+//! `radam_elem` (CUDA), so the select covers them.
 //!
 //! `t` is per variable (torch's `state['step']`): it counts the steps on which that variable had a
 //! gradient, so one step may use several scalar sets (`ScalarSets`: one per distinct (parameter
