@@ -256,8 +256,10 @@ impl RAdam {
     ///   saved with the state. Every variable must match exactly one saved variable, so **load
     ///   the model weights first**; if the values differ (weights not loaded yet) or several
     ///   variables hold identical values, loading fails with an error saying so, never a silent
-    ///   wrong mapping. Files from before fingerprints are matched by shape and dtype only, which
-    ///   must then be unique.
+    ///   wrong mapping. Variables with identical values *and* identical saved state (moments and
+    ///   step count bit for bit, e.g. frozen norms still at their initial ones) are
+    ///   interchangeable and load in any order. Files from before fingerprints are matched by
+    ///   shape and dtype only, which must then be unique.
     ///
     /// Per-variable step counts come from the file (files from before them: every variable gets
     /// the saved optimizer step count). Loading into a different grouping is allowed and
@@ -429,15 +431,33 @@ impl RAdam {
             } else {
                 "shape, dtype and values"
             };
-            match candidates.as_slice() {
-                [one] if used.insert(one.as_str()) => out.push(one.to_string()),
-                [] => bail!(
+            // Several candidates whose saved state is identical (moments bit for bit, step count):
+            // e.g. frozen LayerNorms still at their initial ones. Any of them is the right state.
+            let interchangeable = candidates.len() > 1
+                && candidates.iter().all(|c| {
+                    records.get(c.as_str()).map(|r| r.step)
+                        == records.get(candidates[0].as_str()).map(|r| r.step)
+                        && same_bits(&file[&m_key(c)], &file[&m_key(candidates[0])])
+                        && same_bits(&file[&v_key(c)], &file[&v_key(candidates[0])])
+                });
+            let free: Vec<&&String> =
+                candidates.iter().filter(|c| !used.contains(c.as_str())).collect();
+            match (candidates.as_slice(), free.first()) {
+                ([_], Some(one)) => {
+                    used.insert(one.as_str());
+                    out.push(one.to_string())
+                }
+                (_, Some(one)) if interchangeable => {
+                    used.insert(one.as_str());
+                    out.push(one.to_string())
+                }
+                ([], _) => bail!(
                     "RAdam state: no variable saved in {path:?} has the {what} of '{}' ({:?} {:?}); {advice}",
                     s.name,
                     s.var.dtype(),
                     s.var.dims()
                 ),
-                many => bail!(
+                (many, _) => bail!(
                     "RAdam state: {} variables saved in {path:?} have the {what} of '{}' ({:?} {:?}), \
                      so which moments are its own cannot be told; {advice}",
                     many.len(),
@@ -484,6 +504,21 @@ impl RAdam {
             })
             .collect()
     }
+}
+
+/// Whether two moment tensors (same shape, f32 or f64) hold the same bits.
+fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+    fn bits(t: &Tensor) -> Option<Vec<u64>> {
+        let t = t.flatten_all().ok()?;
+        match t.dtype() {
+            DType::F32 => {
+                Some(t.to_vec1::<f32>().ok()?.iter().map(|x| x.to_bits() as u64).collect())
+            }
+            DType::F64 => Some(t.to_vec1::<f64>().ok()?.iter().map(|x| x.to_bits()).collect()),
+            _ => None,
+        }
+    }
+    a.dims() == b.dims() && a.dtype() == b.dtype() && bits(a).is_some_and(|x| bits(b) == Some(x))
 }
 
 fn missing(path: &Path, key: &str) -> candle_core::Error {

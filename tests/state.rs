@@ -179,7 +179,7 @@ fn item7_ambiguous_or_unmatched_positional_state_is_refused() {
     }
     assert_eq!((b.step_count(), b.var_step_count("param.0")), (0, Some(0)));
 
-    // Two variables with identical values at save time (moments differ): which moments are
+    // Two variables with identical values at save time but different moments: which moments are
     // whose cannot be told.
     let twins = same_shaped(2);
     let mut c = RAdam::new(twins.clone(), ParamsRAdam::default()).unwrap();
@@ -196,6 +196,22 @@ fn item7_ambiguous_or_unmatched_positional_state_is_refused() {
             && e.contains("from_varmap"),
         "{e}"
     );
+
+    // Identical values *and* identical saved state (frozen LayerNorm scales still at ones, never
+    // given a gradient): interchangeable, so any assignment is the right one and loading works.
+    let ones = || Var::from_tensor(&Tensor::ones(64, DType::F32, &DEV).unwrap()).unwrap();
+    let mixed = vec![ones(), var(64, 31), ones(), ones()];
+    let mut e1 = RAdam::new(mixed.clone(), ParamsRAdam::default()).unwrap();
+    let mut g = GradStore::default();
+    g.insert(&mixed[1], grad(&mixed[1], 5, 1));
+    e1.step(&g).unwrap();
+    e1.save_state(&path).unwrap();
+    let mut shuffled: Vec<Var> =
+        mixed.iter().map(|v| Var::from_tensor(v.as_tensor()).unwrap()).collect();
+    shuffled.swap(0, 1);
+    let mut e2 = RAdam::new(shuffled, ParamsRAdam::default()).unwrap();
+    e2.load_state(&path).unwrap();
+    assert_eq!((e2.var_step_count("param.0"), e2.var_step_count("param.1")), (Some(1), Some(0)));
 
     // Named optimizers match by name: fresh values load fine.
     let named = |vs: &[Var]| -> Vec<(String, Var)> {
