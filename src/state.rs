@@ -255,8 +255,9 @@ impl RAdam {
     ///   one process to the next): by fingerprint, the shape, dtype and a hash of the values
     ///   saved with the state. Every variable must match exactly one saved variable, so **load
     ///   the model weights first**; if the values differ (weights not loaded yet) or several
-    ///   variables hold identical values, loading fails with an error saying so, never a silent
-    ///   wrong mapping. Variables with identical values *and* identical saved state (moments and
+    ///   variables hold identical values with different moments, loading fails with an error
+    ///   saying so, never a silent wrong mapping. Variables with identical values *and* identical
+    ///   saved state (moments and
     ///   step count bit for bit, e.g. frozen norms still at their initial ones) are
     ///   interchangeable and load in any order. Files from before fingerprints are matched by
     ///   shape and dtype only, which must then be unique.
