@@ -50,7 +50,8 @@ pub struct ParamsRAdam {
     /// torch's semantics (`eps` added to the bias-corrected `sqrt(v_hat)`), which the examples use
     /// as the paper's baseline.
     pub rectify: bool,
-    /// For the first `v_only_steps` steps only the second moment is updated: no parameter or
+    /// For the first `v_only_steps` steps (of each variable's own step count) only the second
+    /// moment is updated: no parameter or
     /// first-moment change (the paper's "Adam-2k" ablation, with 2000 steps). The first-moment
     /// bias correction then counts only the steps that updated it. 0 (the default) disables it.
     pub v_only_steps: u64,
