@@ -51,9 +51,9 @@ pub struct ParamsRAdam {
     /// as the paper's baseline.
     pub rectify: bool,
     /// For the first `v_only_steps` steps (of each variable's own step count) only the second
-    /// moment is updated: no parameter or
-    /// first-moment change (the paper's "Adam-2k" ablation, with 2000 steps). The first-moment
-    /// bias correction then counts only the steps that updated it. 0 (the default) disables it.
+    /// moment is updated: no parameter or first-moment change (the paper's "Adam-2k" ablation,
+    /// with 2000 steps). The first-moment bias correction then counts only the steps that updated
+    /// it. 0 (the default) disables it.
     pub v_only_steps: u64,
     /// What to do with NaN / infinite gradients.
     pub non_finite: NonFinite,
