@@ -6,6 +6,11 @@
 //! cargo run --release --features cuda --example bench -- --device cuda --layout all
 //! ```
 //!
+//! The variables are named like a model's (`*.weight`, and `*.bias` for the vectors; the mixed
+//! layout's 500 small tensors are its biases) and split into two parameter groups: the optimizer's
+//! decoupled weight decay for the weights, and a `no_decay` group (`*.bias`: no weight decay, half
+//! the learning rate, other betas) for the rest, so every step uses two scalar sets.
+//!
 //! Bytes per parameter (f32): RAdam reads p, g, m, v and writes p, m, v = 28 B. The copy probe
 //! copies 14 B per parameter from one buffer to another (14 B read + 14 B written = 28 B), so
 //! `copy_ms / radam_ms` is the fraction of copy bandwidth the fused step reaches.
@@ -15,7 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use candle_radam::{NonFinite, ParamsRAdam, RAdam};
+use candle_radam::{NonFinite, ParamGroup, ParamsRAdam, RAdam};
 use clap::{Parser, ValueEnum};
 use rayon::prelude::*;
 
@@ -171,22 +176,50 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
         n as f64 / 1e6
     );
     let mut vars = Vec::new();
+    let mut named = Vec::new();
     let mut grads = GradStore::default();
-    for s in &shapes {
+    for (i, s) in shapes.iter().enumerate() {
         let v = Var::from_tensor(&Tensor::randn(0f32, 0.02, s.as_slice(), dev)?.to_dtype(dtype)?)?;
         grads.insert(&v, Tensor::randn(0f32, 1e-3, s.as_slice(), dev)?.to_dtype(dtype)?);
+        // Mixed: the big tensor is a weight, the 4096s biases; other layouts: vectors are biases.
+        let bias = if layout == Layout::Mixed { i > 0 } else { s.len() == 1 && shapes.len() > 1 };
+        named.push((format!("t{i}.{}", if bias { "bias" } else { "weight" }), v.clone()));
         vars.push(v);
     }
-    let params = ParamsRAdam { lr: 1e-4, ..Default::default() };
-    let mut radam = RAdam::new(vars.clone(), params.clone())?;
-    let mut radam_ng =
-        RAdam::new(vars.clone(), ParamsRAdam { non_finite: NonFinite::Propagate, ..params })?;
+    let params = ParamsRAdam {
+        lr: 1e-4,
+        weight_decay: 0.01,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+    let groups = || -> Result<Vec<ParamGroup>> {
+        if !named.iter().any(|(n, _)| n.ends_with(".bias")) {
+            return Ok(vec![]);
+        }
+        let g = ParamGroup::glob("no_decay", &["*.bias"])?;
+        Ok(vec![g.weight_decay(0.0).lr_scale(0.5).betas(0.9, 0.98)])
+    };
+    let mut radam = RAdam::new_named(named.clone(), params.clone())?.with_groups(groups()?)?;
+    let mut radam_ng = RAdam::new_named(
+        named.clone(),
+        ParamsRAdam { non_finite: NonFinite::Propagate, ..params },
+    )?
+    .with_groups(groups()?)?;
+    println!(
+        "groups: {}",
+        radam
+            .groups()
+            .iter()
+            .map(|g| format!("{} ({} tensors)", g.name, g.vars.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut adamw = if args.no_adamw {
         None
     } else {
         Some(AdamW::new(
             vars.clone(),
-            ParamsAdamW { lr: 1e-4, weight_decay: 0.0, ..Default::default() },
+            ParamsAdamW { lr: 1e-4, weight_decay: 0.01, ..Default::default() },
         )?)
     };
     let bytes = bytes_per_param(dtype) * n;

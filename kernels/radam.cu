@@ -3,7 +3,12 @@
 // Layout follows llm.c's AdamW kernel: a device math function per element, a thin templated
 // kernel body, and `extern "C"` entry points per parameter dtype. The host "launcher" is the Rust
 // side (src/cuda.rs), which computes every step-dependent scalar in f64 (src/rule.rs,
-// `StepScalars`): the kernel never sees the step number t.
+// `StepScalars`): the kernel never sees a step number t.
+//
+// Step counts are per tensor (torch's state['step']) and tensors belong to parameter groups, so
+// one launch may need several scalar sets: the host uploads one `Scalars` per distinct (group, t)
+// after the table, and each entry holds the index of its set (`Entry::set`). The branch
+// (`Scalars::update`) is therefore per tensor, uniform within a block.
 //
 // Multi-tensor: one launch updates every tensor of one dtype. The host uploads a table of
 // `Entry` (one per non-empty tensor) followed by a block map (one u32 tensor index per CUDA
@@ -20,6 +25,7 @@
 // bf16 entry points need sm_80+ and only exist in PTX built for compute_80 or newer; the Rust side
 // checks the device's compute capability before asking for them.
 
+#include <stddef.h>
 #include <stdint.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -37,10 +43,13 @@ struct Entry {
     uint64_t v;            // second moment (same dtype as m)
     uint64_t n;            // element count (> 0)
     uint64_t first_block;  // index of this tensor's first block in the launch
-    uint64_t flags;        // bit 0: p, g, m, v all 16-byte aligned; bit 1: g 16-byte aligned
+    uint32_t flags;        // bit 0: p, g, m, v all 16-byte aligned; bit 1: g 16-byte aligned
+    uint32_t set;          // index of the tensor's scalar set (update kernels; 0 for the check)
     uint64_t item;         // index of the tensor in the caller's list (non-finite flags)
 };
 static_assert(sizeof(Entry) == 64, "Entry must stay 8 x u64 (ENTRY_WORDS in src/cuda.rs)");
+static_assert(offsetof(Entry, flags) == 48 && offsetof(Entry, set) == 52,
+              "word 6 of an entry is flags (low half) | set (high half), as src/cuda.rs writes it");
 
 // ---------------------------------------------------------------------------------------------
 // dtype plumbing: Storage <-> math type
@@ -70,7 +79,8 @@ template <> struct Traits<__nv_bfloat16> {
 __device__ __forceinline__ float radam_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double radam_sqrt(double x) { return sqrt(x); }
 
-// Per-step scalars, already rounded to the math type on the host.
+// One scalar set (one (group, t) of the step), already rounded to the math type on the host.
+// Must match `scalar_words` in src/cuda.rs: 8 x f32 words (32 bytes) or 8 x f64 words (64 bytes).
 template <typename S> struct Scalars {
     S one_minus_beta1;  // 1 - beta1 (0 during v-only steps)
     S beta2;            // second-moment decay
@@ -79,20 +89,27 @@ template <typename S> struct Scalars {
     S eps;              // added to sqrt(v)
     S l2;               // coupled weight decay (0 when decoupled)
     S decay;            // decoupled decay multiplier (1 when coupled)
+    int32_t update;     // 0 adaptive, 1 sgd, 2 frozen (`Update` in src/rule.rs)
 };
+static_assert(sizeof(Scalars<float>) == 32, "f32 scalar set: 8 words of 4 bytes (src/cuda.rs)");
+static_assert(sizeof(Scalars<double>) == 64, "f64 scalar set: 8 words of 8 bytes (src/cuda.rs)");
 
 // ---------------------------------------------------------------------------------------------
-// The math of one element. `update`: 0 adaptive, 1 sgd, 2 frozen (uniform across the launch).
+// The math of one element. `update`: 0 adaptive, 1 sgd, 2 frozen (uniform across a block).
 // Returns the new param in the math type; m and v are updated in place. The expression order
 // matches the CPU path exactly (build.rs compiles with -fmad=false, so no FMA contraction).
 
 template <typename S>
 __device__ __forceinline__ S radam_elem(S p, S grad, S& m, S& v, const Scalars<S>& k, int update) {
+    // (A per-step gradient multiplier, clip coefficient or inverse loss scale, would scale `grad`
+    // here, before weight decay.)
     S g = grad + k.l2 * p;                                  // L2 weight decay folded into the grad
     m = m + k.one_minus_beta1 * (g - m);                    // first moment, torch's lerp form
     v = k.beta2 * v + k.one_minus_beta2 * g * g;            // second moment
     if (update == 0) {
-        return k.decay * p - k.step_size * m / (radam_sqrt(v) + k.eps);  // rectified adaptive step
+        const S d = radam_sqrt(v) + k.eps;
+        const S u = k.step_size * m / d;                    // rectified adaptive step
+        return k.decay * p - (d == S(0) ? S(0) : u);        // m = v = 0: zero step, never 0/0
     } else if (update == 1) {
         return k.decay * p - k.step_size * m;               // SGD with momentum (rho_t <= 5)
     }
@@ -126,10 +143,12 @@ __device__ __forceinline__ void store_vec(T* ptr, const Vec<T, N>& r) {
 template <typename P>
 __device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
                                          const uint32_t* __restrict__ block_map,
-                                         const Scalars<typename Traits<P>::Math> k, int update) {
+                                         const Scalars<typename Traits<P>::Math>* __restrict__ sets) {
     typedef typename Traits<P>::Math M;
     constexpr int VEC = 16 / sizeof(P);
     const Entry e = table[block_map[blockIdx.x]];
+    const Scalars<M> k = sets[e.set];
+    const int update = k.update;
     P* __restrict__ p = reinterpret_cast<P*>(e.p);
     const P* __restrict__ g = reinterpret_cast<const P*>(e.g);
     M* __restrict__ m = reinterpret_cast<M*>(e.m);
@@ -196,14 +215,12 @@ __device__ __forceinline__ void radam_check(const Entry* __restrict__ table,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry points (one per param dtype). Scalars are passed by value, rounded to the math type.
+// Entry points (one per param dtype). `sets`: the step's scalar sets in the math type S.
 
 #define RADAM_ENTRY(NAME, P, S)                                                                \
     extern "C" __global__ void __launch_bounds__(RADAM_THREADS)                                \
-    NAME(const Entry* table, const uint32_t* block_map, S one_minus_beta1, S beta2,            \
-         S one_minus_beta2, S step_size, S eps, S l2, S decay, int update) {                   \
-        const Scalars<S> k = {one_minus_beta1, beta2, one_minus_beta2, step_size, eps, l2, decay}; \
-        radam_mt<P>(table, block_map, k, update);                                              \
+    NAME(const Entry* table, const uint32_t* block_map, const Scalars<S>* sets) {              \
+        radam_mt<P>(table, block_map, sets);                                                   \
     }
 
 RADAM_ENTRY(radam_mt_f32, float, float)

@@ -64,6 +64,7 @@ trait Real:
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
+    + PartialEq
 {
     fn of(x: f64) -> Self;
     fn sqrt(self) -> Self;
@@ -125,14 +126,19 @@ impl<C: Real> Coeffs<C> {
 fn fused<C: Real, const UPDATE: u8>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [C], k: &Coeffs<C>) {
     let n = p.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let zero = C::of(0.0);
     for i in 0..n {
+        // (A per-step gradient multiplier would scale g[i] here, before weight decay.)
         let g = g[i] + k.l2 * p[i]; // L2 weight decay (l2 = 0 when decoupled)
         let mi = m[i] + k.one_minus_beta1 * (g - m[i]); // first moment, lerp form as torch
         let vi = k.beta2 * v[i] + k.one_minus_beta2 * g * g; // second moment
         m[i] = mi;
         v[i] = vi;
         if UPDATE == Update::Adaptive as u8 {
-            p[i] = k.decay * p[i] - k.step_size * mi / (vi.sqrt() + k.eps); // rectified step
+            let d = vi.sqrt() + k.eps;
+            let u = k.step_size * mi / d; // rectified step
+            let u = if d == zero { zero } else { u }; // m = v = 0: zero step, never 0/0 (a blend)
+            p[i] = k.decay * p[i] - u;
         } else if UPDATE == Update::Sgd as u8 {
             p[i] = k.decay * p[i] - k.step_size * mi; // SGD with momentum on m_hat
         }

@@ -1,8 +1,10 @@
 //! CUDA path: fused multi-tensor kernels from `kernels/radam.cu`, compiled to PTX by `build.rs`.
 //!
 //! One step costs, per device: one small host-to-device copy (the tensor table and block map of
-//! every dtype at once) and one kernel launch per param dtype present (at most four), whatever the
-//! number of tensors. The non-finite check ([`first_nonfinite`]) costs one more table copy, one
+//! every dtype at once, then the step's scalar sets) and one kernel launch per param dtype
+//! present (at most four), whatever the number of tensors, groups and per-tensor step counts:
+//! each table entry holds the index of its tensor's scalar set (one per distinct (group, t),
+//! computed on the host by `rule::ScalarSets`), so the branch and the scalars are per tensor. The non-finite check ([`first_nonfinite`]) costs one more table copy, one
 //! launch per dtype and one 4-byte-per-tensor device-to-host readback, which waits for the stream.
 //!
 //! Params are written through raw device pointers taken under candle's storage *read* guard: no
@@ -136,6 +138,8 @@ pub(crate) struct Item<'a> {
     pub param: &'a Tensor,
     pub grad: &'a Tensor,
     pub moments: &'a mut CudaMoments,
+    /// Index of this variable's scalar set in the step's `sets` (0 for the non-finite check).
+    pub set: u32,
 }
 
 /// The four param dtypes, in launch order, with their kernel names.
@@ -154,6 +158,8 @@ struct Ptrs {
     m: u64,
     v: u64,
     n: u64,
+    /// Index of the scalar set (`Entry::set`).
+    set: u32,
 }
 
 /// The raw device pointer of a contiguous CUDA tensor's first element. The returned guard must
@@ -257,8 +263,10 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
             let aligned = (p.p | p.g | p.m | p.v) % 16 == 0;
             let flags = aligned as u64 | (((p.g % 16 == 0) as u64) << 1);
             let first_block = map.len() as u64;
+            // Word 6: `uint32_t flags` (low half) then `uint32_t set` (high half).
+            let flags_set = flags | (p.set as u64) << 32;
             let entry: [u64; ENTRY_WORDS] =
-                [p.p, p.g, p.m, p.v, p.n, first_block, flags, *item as u64];
+                [p.p, p.g, p.m, p.v, p.n, first_block, flags_set, *item as u64];
             words.extend_from_slice(&entry);
             let blocks = p.n.div_ceil(CHUNK);
             if map.len() as u64 + blocks > i32::MAX as u64 {
@@ -273,6 +281,30 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
         groups.push(Group { kind, blocks: map.len() as u32, table_word, map_word });
     }
     Ok((words, groups))
+}
+
+/// The scalar sets as the kernels' `Scalars<S>` array, in u64 words: per set, the seven scalars
+/// rounded to `f32` (two per word, low half first, the `update` discriminant as an `int32` in the
+/// high half of word 3: 32 bytes) or kept in `f64` (one per word, `update` in word 7: 64 bytes).
+fn scalar_words(sets: &[StepScalars], f64_math: bool) -> Vec<u64> {
+    let mut words = Vec::with_capacity(sets.len() * if f64_math { 8 } else { 4 });
+    for k in sets {
+        let s = [k.one_minus_beta1, k.beta2, k.one_minus_beta2, k.step_size, k.eps, k.l2, k.decay];
+        let update = k.update as u8 as u64;
+        if f64_math {
+            words.extend(s.map(f64::to_bits));
+            words.push(update);
+        } else {
+            let b = s.map(|x| (x as f32).to_bits() as u64);
+            words.extend([
+                b[0] | b[1] << 32,
+                b[2] | b[3] << 32,
+                b[4] | b[5] << 32,
+                b[6] | update << 32,
+            ]);
+        }
+    }
+    words
 }
 
 fn launch_config(blocks: u32) -> LaunchConfig {
@@ -306,7 +338,7 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
             gp = ptr;
             guards.push(guard);
         }
-        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n }));
+        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n, set: 0 }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -338,8 +370,9 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
     Ok(flags.iter().position(|&f| f != 0))
 }
 
-/// Applies one step to every item (all on one device) with the host-computed scalars.
-pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
+/// Applies one step to every item (all on one device), item `i` with the host-computed scalar set
+/// `sets[items[i].set]`.
+pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
     let Some(first) = items.first() else {
         return Ok(());
     };
@@ -361,7 +394,7 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
             bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
         }
         if n == 0 {
-            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0 }));
+            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0, set: 0 }));
             continue;
         }
         let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
@@ -385,7 +418,10 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
             }
             _ => bail!("RAdam: moments of a {:?} variable have the wrong dtype", p.dtype()),
         };
-        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64 }));
+        if it.set as usize >= sets.len() {
+            bail!("RAdam: scalar set {} of {} does not exist", it.set, sets.len());
+        }
+        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64, set: it.set }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -397,28 +433,23 @@ pub(crate) fn step(items: &mut [Item<'_>], k: &StepScalars) -> Result<()> {
         .iter()
         .map(|g| dev.get_or_load_custom_func(KINDS[g.kind].1, module, ptx))
         .collect::<Result<Vec<_>>>()?;
+    // The scalar sets follow the tables: f32 sets for the f32 / f16 / bf16 kernels, f64 sets for
+    // the f64 kernel (each rounded once from the host's f64).
+    let mut words = words;
+    let sets32_word = words.len();
+    words.extend(scalar_words(sets, false));
+    let sets64_word = words.len();
+    words.extend(scalar_words(sets, true));
     let dev_table = w(stream.clone_htod(&words))?;
-    let update = k.update as u8 as i32;
-    // The scalars, rounded once from f64 to the kernels' math type.
-    let s64 = [k.one_minus_beta1, k.beta2, k.one_minus_beta2, k.step_size, k.eps, k.l2, k.decay];
-    let s32 = s64.map(|x| x as f32);
     {
         let (base, _t) = dev_table.device_ptr(&stream);
         for (grp, func) in groups.iter().zip(&funcs) {
             let table_ptr = base + 8 * grp.table_word as u64;
             let map_ptr = base + 8 * grp.map_word as u64;
+            let f64_math = KINDS[grp.kind].0 == DType::F64;
+            let sets_ptr = base + 8 * if f64_math { sets64_word } else { sets32_word } as u64;
             let mut b = func.builder();
-            b.arg(&table_ptr).arg(&map_ptr);
-            if KINDS[grp.kind].0 == DType::F64 {
-                for x in &s64 {
-                    b.arg(x);
-                }
-            } else {
-                for x in &s32 {
-                    b.arg(x);
-                }
-            }
-            b.arg(&update);
+            b.arg(&table_ptr).arg(&map_ptr).arg(&sets_ptr);
             // SAFETY: every table entry points at `n` live elements of the kernel's dtype (param
             // and grad kept alive by `storages`, moments by the `&mut` borrows behind `guards`),
             // params and grads never alias, and the launch is ordered on candle's stream.
@@ -434,7 +465,7 @@ mod tests {
     use super::*;
 
     fn ptrs(base: u64, n: u64) -> Ptrs {
-        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n }
+        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n, set: 0 }
     }
 
     /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group, 8-word
@@ -446,7 +477,7 @@ mod tests {
             (DType::F32, ptrs(0x20_0000, 0)),    // empty: no entry, no block
             (DType::F32, ptrs(0x30_0004, 1)),    // unaligned param
             (DType::F16, ptrs(0x40_0000, 4096)), // exactly 1 block
-            (DType::F32, ptrs(0x50_0000, 3 * CHUNK + 1)),
+            (DType::F32, Ptrs { set: 5, ..ptrs(0x50_0000, 3 * CHUNK + 1) }), // scalar set 5
         ];
         let (w, groups) = build_table(&items).unwrap();
         // F32 group first (KINDS order), then F16.
@@ -463,7 +494,7 @@ mod tests {
         );
         assert_eq!(
             &w[8..16],
-            &[0x50_0000, 0x50_1000, 0x50_2000, 0x50_3000, 3 * CHUNK + 1, 1, 0b11, 4]
+            &[0x50_0000, 0x50_1000, 0x50_2000, 0x50_3000, 3 * CHUNK + 1, 1, 5 << 32 | 0b11, 4]
         );
         // Block map 0,1,1,1,1 packed as (1<<32|0), (1<<32|1), (0<<32|1).
         assert_eq!(&w[16..19], &[1 << 32, 1 << 32 | 1, 1]);
@@ -475,6 +506,24 @@ mod tests {
         assert_eq!(&w[27..35], &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3]);
         assert_eq!(&w[35..37], &[0, 1]); // map 0,0,1
         assert_eq!(w.len(), 37);
+    }
+
+    /// `Scalars<float>` / `Scalars<double>` of the kernel: seven scalars then `int32 update`.
+    #[test]
+    fn scalar_sets_match_the_kernel() {
+        let p = crate::ParamsRAdam::default();
+        let sets = [StepScalars::new(&p, 1), StepScalars::new(&p, 6)]; // Sgd, then Adaptive
+        let w32 = scalar_words(&sets, false);
+        assert_eq!(w32.len(), 8); // 32 bytes per set
+        let f = |w: u64, hi: bool| f32::from_bits(if hi { (w >> 32) as u32 } else { w as u32 });
+        assert_eq!((f(w32[0], false), f(w32[0], true)), (0.1f32, 0.999f32));
+        assert_eq!(f(w32[1], true), sets[0].step_size as f32);
+        assert_eq!(f(w32[3], false), 1.0f32); // decay
+        assert_eq!((w32[3] >> 32, w32[7] >> 32), (1, 0)); // update: Sgd, Adaptive
+        let w64 = scalar_words(&sets, true);
+        assert_eq!(w64.len(), 16); // 64 bytes per set
+        assert_eq!(f64::from_bits(w64[8 + 3]), sets[1].step_size);
+        assert_eq!((w64[7], w64[15]), (1, 0));
     }
 
     #[test]

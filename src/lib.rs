@@ -10,8 +10,8 @@
 //! ## The algorithm
 //!
 //! With learning rate `lr` (alpha), decay rates `beta1`, `beta2`, `eps`, weight decay `wd`, and
-//! `rho_inf = 2 / (1 - beta2) - 1`, step `t = 1, 2, ...` does, for every parameter `p` with
-//! gradient `g`:
+//! `rho_inf = 2 / (1 - beta2) - 1`, step `t = 1, 2, ...` of a variable (its own count, see
+//! below) does, for every element `p` of it with gradient `g`:
 //!
 //! ```text
 //! if wd != 0:  if decoupled: p = p * (1 - lr * wd)          (AdamW style; skipped on steps
@@ -24,6 +24,7 @@
 //! if rho_t > 5:                                             (variance is tractable)
 //!     r_t = sqrt( (rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t) )
 //!     p   = p - lr * m_hat * r_t * sqrt(1 - beta2^t) / (sqrt(v_t) + eps)
+//!                                                           (0 when sqrt(v_t) + eps = 0)
 //! else if degenerate_to_sgd:
 //!     p   = p - lr * m_hat                                  (SGD with momentum)
 //! else:
@@ -34,8 +35,23 @@
 //! default `beta2 = 0.999`, `rho_t <= 5` for steps 1 to 5 and the rectified branch starts at step 6.
 //!
 //! Everything that depends only on `t` (bias corrections, `rho_t`, `r_t`, the branch) is computed
-//! once per step on the host in `f64` ([`StepScalars`]); the per-element work is the five lines
-//! documented in [`rule`], shared by the CPU loop and the CUDA kernels.
+//! on the host in `f64` ([`StepScalars`]), once per distinct (parameter group, `t`) of a step; the
+//! per-element work is the five lines documented in [`rule`], shared by the CPU loop and the CUDA
+//! kernels. A zero first and second moment gives a zero step whatever `eps` and `lr` are (torch
+//! computes `0 / 0` there when `eps = 0`).
+//!
+//! ## Per-variable steps and parameter groups
+//!
+//! As in torch (`state['step']`), every variable has its own step count `t`, advanced only on the
+//! steps where it has a gradient and the step is not skipped ([`RAdam::var_step_count`]); a step
+//! in which no variable has a gradient changes nothing, [`RAdam::step_count`] included. So a layer
+//! unfrozen late, or a GAN half updated on alternate steps, starts at its own `t = 1`.
+//!
+//! [`ParamGroup`]s (torch's `param_groups`) give the variables they select (by name, glob or
+//! predicate; the first matching group wins) their own `lr_scale` (a multiplier of the optimizer's
+//! learning rate), betas, eps, weight decay and branch options; [`ParamGroup::no_decay`] is the
+//! standard "no weight decay on biases and norms" recipe. See [`RAdam::with_groups`] and the
+//! example below.
 //!
 //! Options beyond torch's ([`ParamsRAdam`]): `degenerate_to_sgd = false` (the original
 //! repository's default); `rectify = false` (plain Adam / AdamW, torch semantics, the paper's
@@ -54,14 +70,17 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{Optimizer, VarBuilder, VarMap, Module};
-//! use candle_radam::{ParamsRAdam, RAdam};
+//! use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
 //!
 //! # fn main() -> candle_core::Result<()> {
 //! let dev = Device::Cpu;
 //! let varmap = VarMap::new();
 //! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
 //! let model = candle_nn::linear(3, 1, vb.pp("fc"))?;
-//! let mut opt = RAdam::from_varmap(&varmap, ParamsRAdam { lr: 1e-2, ..Default::default() })?;
+//! let params = ParamsRAdam { lr: 1e-2, weight_decay: 0.01, decoupled_weight_decay: true, ..Default::default() };
+//! // No weight decay for biases and normalization weights (here: fc.bias).
+//! let mut opt = RAdam::from_varmap(&varmap, params)?.with_groups(vec![ParamGroup::no_decay()])?;
+//! assert_eq!(opt.groups()[0].vars, ["fc.bias"]);
 //!
 //! let x = Tensor::randn(0f32, 1., (64, 3), &dev)?;
 //! let y = x.sum_keepdim(1)?;
@@ -69,16 +88,19 @@
 //!     let loss = model.forward(&x)?.sub(&y)?.sqr()?.mean_all()?;
 //!     opt.backward_step(&loss)?;
 //! }
-//! assert_eq!(opt.step_count(), 20);
+//! assert_eq!((opt.step_count(), opt.var_step_count("fc.weight")), (20, Some(20)));
 //! # let dir = std::env::temp_dir().join(format!("radam-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir)?;
 //! opt.save_state(dir.join("radam.safetensors"))?;   // resume later with load_state
+//! let report = opt.load_state(dir.join("radam.safetensors"))?;
+//! assert!(report.is_clean(), "{report}");
 //! # Ok(()) }
 //! ```
 
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod groups;
 mod moments;
 mod optimizer;
 mod params;
@@ -86,10 +108,12 @@ pub mod rule;
 pub mod schedule;
 mod state;
 
+pub use groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
 pub use rule::{StepScalars, Update};
+pub use state::LoadReport;
 
 #[cfg(feature = "cuda")]
 pub use cuda::cuda_supports;

@@ -4,31 +4,52 @@ use candle_core::{backprop::GradStore, bail, Result, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
+use crate::groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 use crate::moments::{moment_dtype, Moments};
 use crate::params::{check_lr, NonFinite, ParamsRAdam};
-use crate::rule::StepScalars;
+use crate::rule::{ScalarSets, StepScalars};
 
 /// One optimized variable.
 pub(crate) struct Slot {
     pub(crate) name: String,
     pub(crate) var: Var,
     pub(crate) moments: Moments,
+    /// Index into `RAdam::groups`, or `groups.len()` for the default group.
+    pub(crate) group: usize,
+    /// This variable's step count `t` (torch's `state['step']`): steps it had a gradient on.
+    pub(crate) step: u64,
 }
 
 /// Rectified Adam. See the [crate] documentation for the algorithm.
+///
+/// Every variable has its own step count `t`, like torch's `state['step']`: it advances only on
+/// the steps where that variable has a gradient (and the step is not skipped), and its bias
+/// corrections and `rho_t` use it. A variable that first gets a gradient at optimizer step 10
+/// (a layer unfrozen late, an expert first routed to, the generator of a GAN updated on
+/// alternate steps) therefore takes its own first step, `t = 1`, exactly as in torch.
+///
+/// Variables belong to parameter groups ([`ParamGroup`], [`RAdam::with_groups`]); the ones no
+/// group selects use the optimizer's [`ParamsRAdam`] directly.
 pub struct RAdam {
     pub(crate) slots: Vec<Slot>,
     pub(crate) params: ParamsRAdam,
-    /// Steps taken so far (`t` of the last step).
+    pub(crate) groups: Vec<ParamGroup>,
+    /// Optimizer steps taken: steps on which at least one variable had a gradient.
     pub(crate) t: u64,
     /// Steps skipped for non-finite gradients under [`NonFinite::Skip`].
     pub(crate) skipped: u64,
+    /// A learning rate rejected by `set_learning_rate`, reported by every `step` until a valid
+    /// one is set.
+    pub(crate) bad_lr: Option<f64>,
+    /// Built by [`RAdam::new`]: names are positions, so saved state is matched by fingerprint.
+    pub(crate) positional: bool,
 }
 
 impl std::fmt::Debug for RAdam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RAdam")
             .field("params", &self.params)
+            .field("groups", &self.groups)
             .field("vars", &self.slots.len())
             .field("step", &self.t)
             .field("skipped", &self.skipped)
@@ -39,9 +60,17 @@ impl std::fmt::Debug for RAdam {
 impl RAdam {
     /// An optimizer over `vars` named by position (`param.0`, `param.1`, ...; the names appear
     /// in errors and in saved state).
+    ///
+    /// Positions are not a stable identity (`VarMap::all_vars()` returns its variables in a
+    /// different order in every process), so [`RAdam::load_state`] matches the saved moments to
+    /// these variables by fingerprint (shape, dtype and a hash of the values, saved with the
+    /// state) and refuses a file it cannot match unambiguously. Prefer
+    /// [`RAdam::from_varmap`] or [`RAdam::new_named`], whose state is matched by name.
     pub fn new(vars: Vec<Var>, params: ParamsRAdam) -> Result<Self> {
         let named = vars.into_iter().enumerate().map(|(i, v)| (format!("param.{i}"), v)).collect();
-        Self::new_named(named, params)
+        let mut opt = Self::new_named(named, params)?;
+        opt.positional = true;
+        Ok(opt)
     }
 
     /// An optimizer over every variable of `varmap`, sorted by name (the names appear in errors
@@ -76,26 +105,115 @@ impl RAdam {
             }
             let moments = Moments::zeros(var.as_tensor())
                 .map_err(|e| e.context(format!("variable '{name}'")))?;
-            slots.push(Slot { name, var, moments });
+            slots.push(Slot { name, var, moments, group: 0, step: 0 });
         }
-        Ok(Self { slots, params, t: 0, skipped: 0 })
+        Ok(Self {
+            slots,
+            params,
+            groups: Vec::new(),
+            t: 0,
+            skipped: 0,
+            bad_lr: None,
+            positional: false,
+        })
     }
 
-    /// The hyper-parameters.
+    /// This optimizer with parameter groups (see [`RAdam::set_groups`]).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
+    /// # fn main() -> candle_core::Result<()> {
+    /// let varmap = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    /// let _fc = candle_nn::linear(8, 8, vb.pp("fc"))?;
+    /// let _ln = candle_nn::layer_norm(8, 1e-5, vb.pp("ln"))?;
+    /// let params = ParamsRAdam { weight_decay: 0.01, decoupled_weight_decay: true, ..Default::default() };
+    /// let opt = RAdam::from_varmap(&varmap, params)?.with_groups(vec![ParamGroup::no_decay()])?;
+    /// let groups = opt.groups();
+    /// assert_eq!(groups[0].vars, ["fc.bias", "ln.bias", "ln.weight"]);
+    /// assert_eq!(groups[1].vars, ["fc.weight"]); // the default group keeps weight_decay = 0.01
+    /// # Ok(()) }
+    /// ```
+    pub fn with_groups(mut self, groups: Vec<ParamGroup>) -> Result<Self> {
+        self.set_groups(groups)?;
+        Ok(self)
+    }
+
+    /// Replaces the parameter groups. Each variable goes to the first group that selects it,
+    /// the rest to the default group ([`DEFAULT_GROUP`], the optimizer's own [`ParamsRAdam`]).
+    /// Moments and step counts are kept. Errors (changing nothing) if a group's effective
+    /// hyper-parameters are invalid (the error names the group), if a group selects no variable,
+    /// or if two groups share a name.
+    pub fn set_groups(&mut self, groups: Vec<ParamGroup>) -> Result<()> {
+        for g in &groups {
+            g.validate(&self.params)?;
+        }
+        let assigned =
+            crate::groups::assign(&groups, self.slots.iter().map(|s| (s.name.as_str(), &s.var)))?;
+        for (s, g) in self.slots.iter_mut().zip(assigned) {
+            s.group = g;
+        }
+        self.groups = groups;
+        Ok(())
+    }
+
+    /// Every group, the default group ([`DEFAULT_GROUP`]) last, with its effective
+    /// hyper-parameters and the names of its variables (the default group is listed even when
+    /// empty).
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        (0..=self.groups.len())
+            .map(|g| GroupInfo {
+                name: self.group_name(g).to_string(),
+                params: self.group_params(g),
+                vars: self.slots.iter().filter(|s| s.group == g).map(|s| s.name.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// The name of group `g` (`groups.len()`: the default group).
+    pub(crate) fn group_name(&self, g: usize) -> &str {
+        self.groups.get(g).map_or(DEFAULT_GROUP, |x| x.name.as_str())
+    }
+
+    /// The effective hyper-parameters of group `g` (`groups.len()`: the default group).
+    pub(crate) fn group_params(&self, g: usize) -> ParamsRAdam {
+        match self.groups.get(g) {
+            Some(x) => x.effective(&self.params),
+            None => self.params.clone(),
+        }
+    }
+
+    /// The optimizer's hyper-parameters (those of the default group; the groups' are in
+    /// [`RAdam::groups`]).
     pub fn params(&self) -> &ParamsRAdam {
         &self.params
     }
 
-    /// Replaces the hyper-parameters (validated). The step count and moments are kept.
+    /// Replaces the hyper-parameters, validated, for the default group and as the base of every
+    /// group (the error names the group whose effective values would be invalid; nothing changes
+    /// then). Step counts and moments are kept.
     pub fn set_params(&mut self, params: ParamsRAdam) -> Result<()> {
         params.validate()?;
+        for g in &self.groups {
+            g.validate(&params)?;
+        }
         self.params = params;
+        self.bad_lr = None;
         Ok(())
     }
 
-    /// Steps taken so far; the next step is `step_count() + 1`.
+    /// Optimizer steps taken: the steps on which at least one variable had a gradient and that
+    /// were not skipped. A step without any gradient changes nothing, this count included.
     pub fn step_count(&self) -> u64 {
         self.t
+    }
+
+    /// The step count `t` of variable `name` (torch's `state['step']`): the steps on which it
+    /// had a gradient. `None` if no variable has that name.
+    pub fn var_step_count(&self, name: &str) -> Option<u64> {
+        self.slots.iter().find(|s| s.name == name).map(|s| s.step)
     }
 
     /// Steps skipped because of non-finite gradients under [`NonFinite::Skip`].
@@ -108,9 +226,12 @@ impl RAdam {
         self.slots.iter().map(|s| (s.name.as_str(), &s.var))
     }
 
-    /// The scalars the next step will use (its branch, `rho_t`, `r_t`, step size).
-    pub fn next_step_scalars(&self) -> StepScalars {
-        StepScalars::new(&self.params, self.t + 1)
+    /// The scalars variable `name` will use on its next step (its branch, `rho_t`, `r_t`, step
+    /// size, from its own step count and its group's hyper-parameters), or `None` if no variable
+    /// has that name.
+    pub fn next_step_scalars(&self, name: &str) -> Option<StepScalars> {
+        let s = self.slots.iter().find(|s| s.name == name)?;
+        Some(StepScalars::new(&self.group_params(s.group), s.step + 1))
     }
 
     /// Checks every gradient against its variable before anything is changed and returns the
@@ -171,7 +292,7 @@ impl RAdam {
         }
         #[cfg(feature = "cuda")]
         {
-            let by_slot = grads_by_slot(self.slots.len(), work);
+            let by_slot = grads_by_slot(self.slots.len(), work, &[]);
             let mut found = None;
             for (slot_ids, items) in cuda_batches(&mut self.slots, &by_slot) {
                 if let Some(k) = crate::cuda::first_nonfinite(&items)? {
@@ -186,30 +307,41 @@ impl RAdam {
         Ok(None)
     }
 
-    /// Applies step `k` to every (slot, grad) pair.
-    fn apply(&mut self, work: &[(usize, Tensor)], k: &StepScalars) -> Result<()> {
-        let by_slot = grads_by_slot(self.slots.len(), work);
+    /// Applies one step to every (slot, grad) pair, slot `work[j].0` with the scalar set
+    /// `sets[set_of[j]]`.
+    fn apply(
+        &mut self,
+        work: &[(usize, Tensor)],
+        sets: &[StepScalars],
+        set_of: &[u32],
+    ) -> Result<()> {
+        let by_slot = grads_by_slot(self.slots.len(), work, set_of);
         #[cfg(feature = "cuda")]
         for (_, mut items) in cuda_batches(&mut self.slots, &by_slot) {
-            crate::cuda::step(&mut items, k)?;
+            crate::cuda::step(&mut items, sets)?;
         }
         // CPU variables: in parallel across variables (each large one is also split in chunks).
         self.slots
             .par_iter_mut()
             .zip(by_slot.par_iter())
             .filter_map(|(s, g)| match (&mut s.moments, g) {
-                (Moments::Cpu(m), Some(g)) => Some((&s.var, *g, m)),
+                (Moments::Cpu(m), Some((g, k))) => Some((&s.var, *g, m, &sets[*k as usize])),
                 _ => None,
             })
-            .try_for_each(|(var, g, m)| crate::cpu::step(var.as_tensor(), g, m, k))
+            .try_for_each(|(var, g, m, k)| crate::cpu::step(var.as_tensor(), g, m, k))
     }
 }
 
-/// The gradient of each slot, if it has one.
-fn grads_by_slot(n: usize, work: &[(usize, Tensor)]) -> Vec<Option<&Tensor>> {
+/// The gradient of each slot, if it has one, with the index of its scalar set (`set_of[j]` for
+/// `work[j]`; `set_of` may be empty when only the gradients are wanted).
+fn grads_by_slot<'a>(
+    n: usize,
+    work: &'a [(usize, Tensor)],
+    set_of: &[u32],
+) -> Vec<Option<(&'a Tensor, u32)>> {
     let mut by_slot = vec![None; n];
-    for (i, g) in work {
-        by_slot[*i] = Some(g);
+    for (j, (i, g)) in work.iter().enumerate() {
+        by_slot[*i] = Some((g, set_of.get(j).copied().unwrap_or(0)));
     }
     by_slot
 }
@@ -222,14 +354,14 @@ fn grads_by_slot(n: usize, work: &[(usize, Tensor)]) -> Vec<Option<&Tensor>> {
 #[cfg(feature = "cuda")]
 fn cuda_batches<'a>(
     slots: &'a mut [Slot],
-    by_slot: &[Option<&'a Tensor>],
+    by_slot: &[Option<(&'a Tensor, u32)>],
 ) -> Vec<(Vec<usize>, Vec<crate::cuda::Item<'a>>)> {
     let mut batches: Vec<(&'a candle_core::Device, Vec<usize>, Vec<crate::cuda::Item<'a>>)> =
         Vec::new();
     for (i, (s, g)) in slots.iter_mut().zip(by_slot).enumerate() {
-        let (Moments::Cuda(m), Some(g)) = (&mut s.moments, g) else { continue };
+        let (Moments::Cuda(m), Some((g, set))) = (&mut s.moments, g) else { continue };
         let param = s.var.as_tensor();
-        let item = crate::cuda::Item { param, grad: g, moments: m };
+        let item = crate::cuda::Item { param, grad: g, moments: m, set: *set };
         match batches.iter_mut().find(|(d, _, _)| d.same_device(param.device())) {
             Some((_, ids, items)) => {
                 ids.push(i);
@@ -256,9 +388,23 @@ impl candle_nn::Optimizer for RAdam {
 
     /// One RAdam step. Every gradient is checked first (shape, dtype, device; finiteness unless
     /// [`NonFinite::Propagate`]); on an error nothing has changed. Variables without a gradient
-    /// are skipped (their moments do not decay).
+    /// are skipped: their moments do not decay and their step counts do not advance (torch's
+    /// `p.grad is None`). A call in which no variable has a gradient changes nothing, not even
+    /// [`RAdam::step_count`].
+    ///
+    /// Errors, changing nothing, while a learning rate rejected by `set_learning_rate` is in
+    /// force (see there).
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        if let Some(lr) = self.bad_lr {
+            bail!(
+                "RAdam: learning rate {lr} (set by set_learning_rate) is invalid: it must be finite \
+                 and >= 0; nothing was updated (set a valid learning rate to continue)"
+            );
+        }
         let work = self.collect_grads(grads)?;
+        if work.is_empty() {
+            return Ok(());
+        }
         if self.params.non_finite != NonFinite::Propagate {
             if let Some(name) = self.first_nonfinite(&work)? {
                 if self.params.non_finite == NonFinite::Skip {
@@ -271,28 +417,55 @@ impl candle_nn::Optimizer for RAdam {
                 );
             }
         }
-        let k = StepScalars::new(&self.params, self.t + 1);
-        self.apply(&work, &k)?;
+        // One scalar set per distinct (group, per-variable t), the group parameters resolved once.
+        let group_params: Vec<ParamsRAdam> =
+            (0..=self.groups.len()).map(|g| self.group_params(g)).collect();
+        let mut sets = ScalarSets::default();
+        let set_of: Vec<u32> = work
+            .iter()
+            .map(|(i, _)| {
+                let s = &self.slots[*i];
+                sets.index(s.group, &group_params[s.group], s.step + 1)
+            })
+            .collect();
+        self.apply(&work, &sets.sets, &set_of)?;
+        for (i, _) in &work {
+            self.slots[*i].step += 1;
+        }
         self.t += 1;
         Ok(())
     }
 
+    /// The learning rate last given (by [`RAdam::set_params`], `set_learning_rate` or
+    /// [`RAdam::try_set_learning_rate`]); groups use it times their `lr_scale`.
     fn learning_rate(&self) -> f64 {
-        self.params.lr
+        self.bad_lr.unwrap_or(self.params.lr)
     }
 
-    /// Sets the learning rate. The trait cannot return an error: a negative or non-finite value
-    /// is ignored (use [`RAdam::try_set_learning_rate`] to get the error).
+    /// Sets the learning rate (of the default group, and the base of every group's
+    /// `lr_scale`). The trait cannot return an error, so an invalid value (negative, NaN or
+    /// infinite) is held back: the learning rate in use does not change, and every following
+    /// `step` returns an error naming the value and changes nothing, until a valid learning rate
+    /// is set (by this method, [`RAdam::try_set_learning_rate`] or [`RAdam::set_params`]).
+    /// [`RAdam::try_set_learning_rate`] returns the error at once instead.
     fn set_learning_rate(&mut self, lr: f64) {
-        let _ = self.try_set_learning_rate(lr);
+        if self.try_set_learning_rate(lr).is_err() {
+            self.bad_lr = Some(lr);
+        }
     }
 }
 
 impl RAdam {
-    /// Sets the learning rate, rejecting a negative or non-finite one.
+    /// Sets the learning rate, rejecting a negative or non-finite one (nothing changes then).
+    /// A valid value also clears an invalid one left by `set_learning_rate`.
     pub fn try_set_learning_rate(&mut self, lr: f64) -> Result<()> {
         check_lr(lr)?;
+        let base = ParamsRAdam { lr, ..self.params.clone() };
+        for g in &self.groups {
+            g.validate(&base)?;
+        }
         self.params.lr = lr;
+        self.bad_lr = None;
         Ok(())
     }
 }

@@ -2,7 +2,9 @@
 
 use candle_core::{bail, Result};
 
-/// What [`crate::RAdam::step`] does when a gradient holds a NaN or an infinity.
+use crate::rule::RHO_THRESHOLD;
+
+/// What [`step`](candle_nn::Optimizer::step) does when a gradient holds a NaN or an infinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NonFinite {
     /// Return an error naming the first offending variable; no parameter, moment or the step
@@ -48,9 +50,10 @@ pub struct ParamsRAdam {
     /// torch's semantics (`eps` added to the bias-corrected `sqrt(v_hat)`), which the examples use
     /// as the paper's baseline.
     pub rectify: bool,
-    /// For the first `v_only_steps` steps only the second moment is updated: no parameter or
-    /// first-moment change (the paper's "Adam-2k" ablation, with 2000 steps). The first-moment
-    /// bias correction then counts only the steps that updated it. 0 (the default) disables it.
+    /// For the first `v_only_steps` steps (of each variable's own step count) only the second
+    /// moment is updated: no parameter or first-moment change (the paper's "Adam-2k" ablation,
+    /// with 2000 steps). The first-moment bias correction then counts only the steps that updated
+    /// it. 0 (the default) disables it.
     pub v_only_steps: u64,
     /// What to do with NaN / infinite gradients.
     pub non_finite: NonFinite,
@@ -92,8 +95,27 @@ impl ParamsRAdam {
                 bail!("RAdam: {name} must be finite and >= 0, got {x}");
             }
         }
+        // rho_t rises with t towards rho_inf = 2 / (1 - beta2) - 1 (paper, eq. 6) without reaching
+        // it, so the rectified branch (rho_t > 5) is reachable iff rho_inf > 5, i.e. beta2 > 2/3.
+        // Without it and without the SGD fallback no parameter could ever move.
+        if self.rectify && !self.degenerate_to_sgd && !rectification_reachable(self.beta2) {
+            bail!(
+                "RAdam: with beta2 = {} the rectified step is never taken (rho_inf = 2 / (1 - beta2) - 1 \
+                 <= {RHO_THRESHOLD}, it needs beta2 > 2/3) and degenerate_to_sgd = false: no parameter \
+                 would ever move; raise beta2 or set degenerate_to_sgd = true",
+                self.beta2
+            );
+        }
         Ok(())
     }
+}
+
+/// Whether `rho_t > RHO_THRESHOLD` happens for some step `t` under `beta2`: `rho_t` increases
+/// strictly towards `rho_inf = 2 / (1 - beta2) - 1`, which exceeds 5 exactly when `beta2 > 2/3`.
+/// Written as a comparison of `beta2` so that no `rho` formula is repeated here.
+fn rectification_reachable(beta2: f64) -> bool {
+    // 2 / (1 - b) - 1 > 5  <=>  1 - b < 1/3  <=>  b > 2/3 (for b in [0, 1)).
+    3.0 * beta2 > 2.0
 }
 
 /// Validates a learning rate (also used by `set_learning_rate`).

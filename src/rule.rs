@@ -7,10 +7,27 @@
 //! g = grad + l2 * p                          // L2 weight decay (0 when decoupled)
 //! m = m + (1 - beta1) * (g - m)              // first moment (torch's lerp form)
 //! v = beta2 * v + (1 - beta2) * g * g        // second moment
-//! Adaptive: p = decay * p - step_size * m / (sqrt(v) + eps)
+//! Adaptive: d = sqrt(v) + eps
+//!           p = decay * p - (d == 0 ? 0 : step_size * m / d)
 //! Sgd:      p = decay * p - step_size * m
 //! Frozen:   p unchanged
 //! ```
+//!
+//! The `d == 0` select (branch-free: a vector blend on CPU) makes a zero first and second moment
+//! give a zero step whatever `eps` and `lr` are, where torch computes `0 / 0 = NaN` with
+//! `eps = 0` (for any `lr`, 0 included). `d == 0` with `m != 0` only happens when `g * g`
+//! underflows to 0 with `eps = 0`; the step is then 0 too, never an infinity. The SGD branch has
+//! no division (`step_size * m` is 0 for `m = 0`: `step_size = lr / (1 - beta1^t)` is finite
+//! since `beta1 < 1`), and f16 / bf16 parameters go through the same f32 loop (CPU) or
+//! `radam_elem` (CUDA), so the select covers them.
+//!
+//! `t` is per variable (torch's `state['step']`): it counts the steps on which that variable had a
+//! gradient, so one step may use several scalar sets (`ScalarSets`: one per distinct (parameter
+//! group, `t`)).
+//!
+//! A per-step gradient multiplier shared by all variables (a clipping coefficient or an inverse
+//! loss scale) would multiply `grad` in the first line, in `cpu::fused` and `radam_elem` in
+//! `kernels/radam.cu`, before weight decay.
 
 use crate::params::ParamsRAdam;
 
@@ -55,6 +72,29 @@ pub struct StepScalars {
     pub l2: f64,
     /// Parameter multiplier before the update: `1 - lr * weight_decay` when decoupled, else 1.
     pub decay: f64,
+}
+
+/// The distinct scalar sets of one step: one [`StepScalars`] per distinct (group, per-variable
+/// step `t`) among the variables being updated, computed once and shared by the CPU loop and the
+/// CUDA launch (whose table entries hold the index of their set). With one group and variables
+/// that all had gradients on the same steps this is a single set, as before per-variable steps.
+#[derive(Debug, Default)]
+pub(crate) struct ScalarSets {
+    /// The sets, in order of first use.
+    pub(crate) sets: Vec<StepScalars>,
+    index: std::collections::HashMap<(usize, u64), u32>,
+}
+
+impl ScalarSets {
+    /// The index of the set for step `t` of group `group` (hyper-parameters `p`), computing it on
+    /// first use.
+    pub(crate) fn index(&mut self, group: usize, p: &ParamsRAdam, t: u64) -> u32 {
+        let sets = &mut self.sets;
+        *self.index.entry((group, t)).or_insert_with(|| {
+            sets.push(StepScalars::new(p, t));
+            (sets.len() - 1) as u32
+        })
+    }
 }
 
 /// `rho_t` below or at this value means the variance of the adaptive rate is intractable

@@ -1,20 +1,39 @@
-//! Saving and restoring the optimizer state (moments and step counters) as safetensors.
+//! Saving and restoring the optimizer state (moments, step counts, groups) as safetensors.
 //!
-//! File layout: for every variable `NAME`, tensors `exp_avg.NAME` and `exp_avg_sq.NAME` shaped like
-//! the variable, in the moment dtype (f32, or f64 for f64 variables); plus `radam.step` and
-//! `radam.skipped`, `[1]`-shaped i64 tensors. The hyper-parameters are not saved: they belong to
-//! the training script.
+//! File layout (every tensor on CPU):
+//! - for every variable `NAME`: `exp_avg.NAME` and `exp_avg_sq.NAME`, shaped like the variable,
+//!   in the moment dtype (f32, or f64 for f64 variables);
+//! - `radam.var.NAME`: i64 `[4]`, the variable's record: its step count `t`, its dtype
+//!   (0 f32, 1 f64, 2 f16, 3 bf16), the FNV-1a 64 hash of its shape, dtype and value bits at save
+//!   time (as i64 bits), and the index of its group;
+//! - `radam.group.I.GROUP`: f64 `[9]`, group `I` (named `GROUP`) as trained: `lr_scale`, `lr`,
+//!   `beta1`, `beta2`, `eps`, `weight_decay`, `decoupled_weight_decay`, `degenerate_to_sgd`,
+//!   `rectify` (booleans as 0 / 1);
+//! - `radam.step` and `radam.skipped`: i64 `[1]`, the optimizer's step and skipped-step counts.
+//!
+//! Files written before per-variable steps (no `radam.var.*`, `radam.group.*`) still load: every
+//! variable then gets `radam.step` as its step count.
+//!
+//! The hyper-parameters are restored from the training script, not from the file: the saved
+//! groups only serve to report a different grouping ([`LoadReport`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
 use std::path::Path;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 use crate::moments::{moment_dtype, Moments};
 use crate::optimizer::RAdam;
+use crate::params::ParamsRAdam;
 
 const STEP: &str = "radam.step";
 const SKIPPED: &str = "radam.skipped";
+const VAR: &str = "radam.var.";
+const GROUP: &str = "radam.group.";
+const VAR_WORDS: usize = 4;
+const GROUP_WORDS: usize = 9;
 
 fn m_key(name: &str) -> String {
     format!("exp_avg.{name}")
@@ -27,31 +46,186 @@ fn counter(x: u64) -> Result<Tensor> {
     Tensor::new(&[x as i64], &Device::Cpu)
 }
 
-fn read_counter(t: &Tensor, key: &str) -> Result<u64> {
-    if t.dtype() != DType::I64 || t.dims() != [1] {
+/// An i64 tensor of shape `[n]` as its values.
+fn read_i64s(t: &Tensor, key: &str, n: usize) -> Result<Vec<i64>> {
+    if t.dtype() != DType::I64 || t.dims() != [n] {
         bail!(
-            "RAdam state: '{key}' must be an i64 tensor of shape [1], got {:?} {:?}",
+            "RAdam state: '{key}' must be an i64 tensor of shape [{n}], got {:?} {:?}",
             t.dtype(),
             t.dims()
         );
     }
-    let x = t.to_vec1::<i64>()?[0];
+    t.to_vec1::<i64>()
+}
+
+fn read_counter(t: &Tensor, key: &str) -> Result<u64> {
+    let x = read_i64s(t, key, 1)?[0];
     if x < 0 {
         bail!("RAdam state: '{key}' is negative ({x})");
     }
     Ok(x as u64)
 }
 
+fn dtype_code(d: DType) -> i64 {
+    match d {
+        DType::F32 => 0,
+        DType::F64 => 1,
+        DType::F16 => 2,
+        DType::BF16 => 3,
+        _ => -1,
+    }
+}
+
+/// FNV-1a 64 of a tensor's shape, dtype and value bits (row-major, little endian): with the
+/// dtype and shape, the fingerprint that identifies a variable of a positional optimizer.
+fn fingerprint(t: &Tensor) -> Result<u64> {
+    let t = t.to_device(&Device::Cpu)?.flatten_all()?;
+    let mut h = fnv::FnvHasher::default();
+    h.write_i64(dtype_code(t.dtype()));
+    for d in t.dims() {
+        h.write_u64(*d as u64);
+    }
+    macro_rules! bytes {
+        ($ty:ty) => {
+            for x in t.to_vec1::<$ty>()? {
+                h.write(&x.to_le_bytes());
+            }
+        };
+    }
+    match t.dtype() {
+        DType::F32 => bytes!(f32),
+        DType::F64 => bytes!(f64),
+        DType::F16 => bytes!(half::f16),
+        DType::BF16 => bytes!(half::bf16),
+        d => bail!("RAdam: cannot fingerprint a {d:?} tensor"),
+    }
+    Ok(h.finish())
+}
+
+/// The hyper-parameters a group is saved with (`lr_scale` first).
+fn group_words(lr_scale: f64, p: &ParamsRAdam) -> [f64; GROUP_WORDS] {
+    let b = |x: bool| x as u8 as f64;
+    [
+        lr_scale,
+        p.lr,
+        p.beta1,
+        p.beta2,
+        p.eps,
+        p.weight_decay,
+        b(p.decoupled_weight_decay),
+        b(p.degenerate_to_sgd),
+        b(p.rectify),
+    ]
+}
+
+/// The differences between two saved group descriptions, `lr` excluded (schedules change it).
+fn group_diff(old: &[f64; GROUP_WORDS], new: &[f64; GROUP_WORDS]) -> Vec<String> {
+    const NAMES: [&str; GROUP_WORDS] = [
+        "lr_scale",
+        "lr",
+        "beta1",
+        "beta2",
+        "eps",
+        "weight_decay",
+        "decoupled_weight_decay",
+        "degenerate_to_sgd",
+        "rectify",
+    ];
+    (0..GROUP_WORDS)
+        .filter(|&i| i != 1 && old[i].to_bits() != new[i].to_bits())
+        .map(|i| format!("{} {} -> {}", NAMES[i], old[i], new[i]))
+        .collect()
+}
+
+/// What [`RAdam::load_state`] found besides the moments: how the saved variables were matched and
+/// how the saved grouping differs from the current one. Print it (`Display`) after a resume; a
+/// report for which [`LoadReport::is_clean`] holds has nothing to say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// The file predates per-variable step counts (one count for every variable) and groups.
+    pub legacy: bool,
+    /// `(variable, saved name)` for every variable of a positional optimizer ([`RAdam::new`])
+    /// whose moments were saved under another position (the variables came in another order).
+    pub remapped: Vec<(String, String)>,
+    /// One line per change of grouping: variables that were trained in another group, or whose
+    /// group has other hyper-parameters now (the learning rate excluded), with their number.
+    pub group_changes: Vec<String>,
+}
+
+impl LoadReport {
+    /// True when there is nothing to report: the file is current, every variable was found under
+    /// its own name and the grouping is the same.
+    pub fn is_clean(&self) -> bool {
+        !self.legacy && self.remapped.is_empty() && self.group_changes.is_empty()
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_clean() {
+            return write!(f, "RAdam state: loaded as saved");
+        }
+        writeln!(f, "RAdam state:")?;
+        if self.legacy {
+            writeln!(
+                f,
+                "  file from before per-variable step counts: every variable gets the saved step count"
+            )?;
+        }
+        if !self.remapped.is_empty() {
+            writeln!(
+                f,
+                "  {} variables matched by fingerprint under another position, e.g. '{}' was saved as '{}'",
+                self.remapped.len(),
+                self.remapped[0].0,
+                self.remapped[0].1
+            )?;
+        }
+        for line in &self.group_changes {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One saved variable's record.
+#[derive(Clone, Copy)]
+struct VarRecord {
+    step: u64,
+    dtype: i64,
+    hash: u64,
+    group: usize,
+}
+
+/// The groups saved in a file, by index: (name, hyper-parameters).
+type SavedGroups = BTreeMap<usize, (String, [f64; GROUP_WORDS])>;
+
 impl RAdam {
-    /// Writes the moments and step counters to `path` (safetensors). The file is written next to
-    /// its destination and renamed into place, so a crash never leaves a truncated state file.
+    /// Writes the moments, step counts, variable fingerprints and groups to `path` (safetensors;
+    /// layout in the `state` module docs). The file is written next to its destination and
+    /// renamed into place, so a crash never leaves a truncated state file.
     pub fn save_state<P: AsRef<Path>>(&self, path: P) -> Result<()> {
         let path = path.as_ref();
-        let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(2 * self.slots.len() + 2);
-        for s in &self.slots {
+        let hashes = self
+            .slots
+            .par_iter()
+            .map(|s| fingerprint(s.var.as_tensor()))
+            .collect::<Result<Vec<u64>>>()?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(3 * self.slots.len() + 2);
+        for (s, h) in self.slots.iter().zip(hashes) {
             let (m, v) = s.moments.to_tensors(s.var.as_tensor())?;
             tensors.insert(m_key(&s.name), m);
             tensors.insert(v_key(&s.name), v);
+            let rec = [s.step as i64, dtype_code(s.var.dtype()), h as i64, s.group as i64];
+            tensors.insert(format!("{VAR}{}", s.name), Tensor::new(&rec, &Device::Cpu)?);
+        }
+        for g in 0..=self.groups.len() {
+            let scale = self.groups.get(g).and_then(|x| x.lr_scale).unwrap_or(1.0);
+            let words = group_words(scale, &self.group_params(g));
+            tensors.insert(
+                format!("{GROUP}{g}.{}", self.group_name(g)),
+                Tensor::new(&words, &Device::Cpu)?,
+            );
         }
         tensors.insert(STEP.to_string(), counter(self.t)?);
         tensors.insert(SKIPPED.to_string(), counter(self.skipped)?);
@@ -70,11 +244,28 @@ impl RAdam {
         written
     }
 
-    /// Restores the moments and step counters saved by [`RAdam::save_state`], for the same
-    /// variables (names, shapes and dtypes must all match, and the file must hold nothing else).
-    /// On any error the optimizer is left exactly as it was. The state may come from another
-    /// device (saved on CUDA, loaded on CPU and back).
-    pub fn load_state<P: AsRef<Path>>(&mut self, path: P) -> Result<()> {
+    /// Restores the state saved by [`RAdam::save_state`] for the same variables (shapes and
+    /// dtypes must match, and the file must hold nothing else) and reports what differs
+    /// ([`LoadReport`]). On any error the optimizer is left exactly as it was. The state may come
+    /// from another device (saved on CUDA, loaded on CPU and back).
+    ///
+    /// How saved variables are found:
+    /// - [`RAdam::from_varmap`] / [`RAdam::new_named`]: by name.
+    /// - [`RAdam::new`] (names are positions, and the order of `VarMap::all_vars()` changes from
+    ///   one process to the next): by fingerprint, the shape, dtype and a hash of the values
+    ///   saved with the state. Every variable must match exactly one saved variable, so **load
+    ///   the model weights first**; if the values differ (weights not loaded yet) or several
+    ///   variables hold identical values with different moments, loading fails with an error
+    ///   saying so, never a silent wrong mapping. Variables with identical values *and* identical
+    ///   saved state (moments and
+    ///   step count bit for bit, e.g. frozen norms still at their initial ones) are
+    ///   interchangeable and load in any order. Files from before fingerprints are matched by
+    ///   shape and dtype only, which must then be unique.
+    ///
+    /// Per-variable step counts come from the file (files from before them: every variable gets
+    /// the saved optimizer step count). Loading into a different grouping is allowed and
+    /// reported.
+    pub fn load_state<P: AsRef<Path>>(&mut self, path: P) -> Result<LoadReport> {
         let path = path.as_ref();
         let mut file = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| e.context(format!("RAdam: reading state from {path:?}")))?;
@@ -84,9 +275,71 @@ impl RAdam {
         file.remove(STEP);
         file.remove(SKIPPED);
 
+        // Records and groups (absent in legacy files).
+        let mut records: HashMap<String, VarRecord> = HashMap::new();
+        let mut groups: SavedGroups = BTreeMap::new();
+        let keys: Vec<String> = file.keys().cloned().collect();
+        for key in keys {
+            if let Some(name) = key.strip_prefix(VAR) {
+                let r = read_i64s(&file[&key], &key, VAR_WORDS)?;
+                if r[0] < 0 || r[0] as u64 > t || !(0..=3).contains(&r[1]) || r[3] < 0 {
+                    bail!("RAdam state: '{key}' holds an invalid record {r:?}");
+                }
+                let rec = VarRecord {
+                    step: r[0] as u64,
+                    dtype: r[1],
+                    hash: r[2] as u64,
+                    group: r[3] as usize,
+                };
+                records.insert(name.to_string(), rec);
+                file.remove(&key);
+            } else if let Some(rest) = key.strip_prefix(GROUP) {
+                let Some((idx, name)) = rest.split_once('.') else {
+                    bail!("RAdam state: '{key}' is not a group record");
+                };
+                let Ok(idx) = idx.parse::<usize>() else {
+                    bail!("RAdam state: '{key}' is not a group record");
+                };
+                let x = &file[&key];
+                if x.dtype() != DType::F64 || x.dims() != [GROUP_WORDS] {
+                    bail!("RAdam state: '{key}' must be an f64 tensor of shape [{GROUP_WORDS}]");
+                }
+                let w: [f64; GROUP_WORDS] = x.to_vec1::<f64>()?.try_into().unwrap_or_default();
+                if groups.insert(idx, (name.to_string(), w)).is_some() {
+                    bail!("RAdam state: group {idx} is saved twice");
+                }
+                file.remove(&key);
+            }
+        }
+        let legacy = records.is_empty() && groups.is_empty();
+        // The saved variables, by name: every `exp_avg.X` (its pair is checked below).
+        let saved: Vec<String> =
+            file.keys().filter_map(|k| k.strip_prefix("exp_avg.").map(str::to_string)).collect();
+        if !legacy {
+            for name in &saved {
+                let Some(r) = records.get(name) else {
+                    bail!("RAdam state: {path:?} has moments for '{name}' but no '{VAR}{name}'");
+                };
+                if !groups.contains_key(&r.group) {
+                    bail!("RAdam state: '{VAR}{name}' names group {}, which is not saved", r.group);
+                }
+            }
+            if let Some(name) = records.keys().find(|n| !file.contains_key(&m_key(n))) {
+                bail!("RAdam state: {path:?} has '{VAR}{name}' but no '{}'", m_key(name));
+            }
+        }
+
+        // Which saved variable each slot takes.
+        let source: Vec<String> = if self.positional {
+            self.match_by_fingerprint(&file, &saved, &records, legacy, path)?
+        } else {
+            self.slots.iter().map(|s| s.name.clone()).collect()
+        };
+
         // Build every new moment buffer first; swap them in only when all are good.
         let mut fresh = Vec::with_capacity(self.slots.len());
-        for s in &self.slots {
+        let mut steps = Vec::with_capacity(self.slots.len());
+        for (s, src) in self.slots.iter().zip(&source) {
             let want = moment_dtype(s.var.dtype())?;
             let mut take = |key: String| -> Result<Tensor> {
                 let x = file.remove(&key).ok_or_else(|| missing(path, &key))?;
@@ -102,19 +355,171 @@ impl RAdam {
                 }
                 Ok(x)
             };
-            let (m, v) = (take(m_key(&s.name))?, take(v_key(&s.name))?);
+            let (m, v) = (take(m_key(src))?, take(v_key(src))?);
             fresh.push(Moments::from_tensors(s.var.as_tensor(), &m, &v)?);
+            steps.push(records.get(src).map_or(t, |r| r.step));
         }
         if let Some(extra) = file.keys().min() {
             bail!("RAdam state: {path:?} holds '{extra}', which is no variable of this optimizer (another model?)");
         }
-        for (s, m) in self.slots.iter_mut().zip(fresh) {
+
+        let report = LoadReport {
+            legacy,
+            remapped: self
+                .slots
+                .iter()
+                .zip(&source)
+                .filter(|(s, src)| s.name != **src)
+                .map(|(s, src)| (s.name.clone(), src.clone()))
+                .collect(),
+            group_changes: if legacy {
+                Vec::new()
+            } else {
+                self.group_changes(&source, &records, &groups)
+            },
+        };
+        for ((s, m), step) in self.slots.iter_mut().zip(fresh).zip(steps) {
             s.moments = m;
+            s.step = step;
         }
         self.t = t;
         self.skipped = skipped;
-        Ok(())
+        Ok(report)
     }
+
+    /// For a positional optimizer: the saved name each slot's moments are under, found by
+    /// fingerprint (shape, dtype, value hash; legacy files: shape and moment dtype). Errors unless
+    /// every slot has exactly one candidate.
+    fn match_by_fingerprint(
+        &self,
+        file: &HashMap<String, Tensor>,
+        saved: &[String],
+        records: &HashMap<String, VarRecord>,
+        legacy: bool,
+        path: &Path,
+    ) -> Result<Vec<String>> {
+        let hashes = if legacy {
+            vec![0; self.slots.len()]
+        } else {
+            self.slots
+                .par_iter()
+                .map(|s| fingerprint(s.var.as_tensor()))
+                .collect::<Result<Vec<u64>>>()?
+        };
+        let advice = "the optimizer was built with RAdam::new, whose variable names are positions \
+                      (and VarMap::all_vars() returns the variables in a different order in every \
+                      process): load the model weights before the optimizer state, or build the \
+                      optimizer with RAdam::from_varmap / RAdam::new_named so that state is \
+                      matched by name";
+        let mut used = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (s, h) in self.slots.iter().zip(hashes) {
+            let want = moment_dtype(s.var.dtype())?;
+            let candidates: Vec<&String> = saved
+                .iter()
+                .filter(|n| {
+                    let m = &file[&m_key(n)];
+                    m.dims() == s.var.dims()
+                        && m.dtype() == want
+                        && (legacy || {
+                            let r = &records[n.as_str()];
+                            r.dtype == dtype_code(s.var.dtype()) && r.hash == h
+                        })
+                })
+                .collect();
+            let what = if legacy {
+                "shape and dtype (this state file predates fingerprints)"
+            } else {
+                "shape, dtype and values"
+            };
+            // Several candidates whose saved state is identical (moments bit for bit, step count):
+            // e.g. frozen LayerNorms still at their initial ones. Any of them is the right state.
+            let interchangeable = candidates.len() > 1
+                && candidates.iter().all(|c| {
+                    records.get(c.as_str()).map(|r| r.step)
+                        == records.get(candidates[0].as_str()).map(|r| r.step)
+                        && same_bits(&file[&m_key(c)], &file[&m_key(candidates[0])])
+                        && same_bits(&file[&v_key(c)], &file[&v_key(candidates[0])])
+                });
+            let free: Vec<&&String> =
+                candidates.iter().filter(|c| !used.contains(c.as_str())).collect();
+            match (candidates.as_slice(), free.first()) {
+                ([_], Some(one)) => {
+                    used.insert(one.as_str());
+                    out.push(one.to_string())
+                }
+                (_, Some(one)) if interchangeable => {
+                    used.insert(one.as_str());
+                    out.push(one.to_string())
+                }
+                ([], _) => bail!(
+                    "RAdam state: no variable saved in {path:?} has the {what} of '{}' ({:?} {:?}); {advice}",
+                    s.name,
+                    s.var.dtype(),
+                    s.var.dims()
+                ),
+                (many, _) => bail!(
+                    "RAdam state: {} variables saved in {path:?} have the {what} of '{}' ({:?} {:?}), \
+                     so which moments are its own cannot be told; {advice}",
+                    many.len(),
+                    s.name,
+                    s.var.dtype(),
+                    s.var.dims()
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The report lines for variables trained in another group or under other hyper-parameters.
+    fn group_changes(
+        &self,
+        source: &[String],
+        records: &HashMap<String, VarRecord>,
+        groups: &SavedGroups,
+    ) -> Vec<String> {
+        // (saved group, current group, differences) -> number of variables.
+        let mut changes: BTreeMap<(String, String, Vec<String>), usize> = BTreeMap::new();
+        for (s, src) in self.slots.iter().zip(source) {
+            let Some(r) = records.get(src) else { continue };
+            let (old_name, old) = &groups[&r.group];
+            let scale = self.groups.get(s.group).and_then(|x| x.lr_scale).unwrap_or(1.0);
+            let new = group_words(scale, &self.group_params(s.group));
+            let new_name = self.group_name(s.group);
+            let diff = group_diff(old, &new);
+            if old_name != new_name || !diff.is_empty() {
+                *changes.entry((old_name.clone(), new_name.to_string(), diff)).or_default() += 1;
+            }
+        }
+        changes
+            .into_iter()
+            .map(|((old, new, diff), n)| {
+                let moved = if old == new {
+                    format!("group '{new}'")
+                } else {
+                    format!("saved in group '{old}', now in '{new}'")
+                };
+                let diff =
+                    if diff.is_empty() { String::new() } else { format!(": {}", diff.join(", ")) };
+                format!("{n} variable(s) {moved}{diff}")
+            })
+            .collect()
+    }
+}
+
+/// Whether two moment tensors (same shape, f32 or f64) hold the same bits.
+fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+    fn bits(t: &Tensor) -> Option<Vec<u64>> {
+        let t = t.flatten_all().ok()?;
+        match t.dtype() {
+            DType::F32 => {
+                Some(t.to_vec1::<f32>().ok()?.iter().map(|x| x.to_bits() as u64).collect())
+            }
+            DType::F64 => Some(t.to_vec1::<f64>().ok()?.iter().map(|x| x.to_bits()).collect()),
+            _ => None,
+        }
+    }
+    a.dims() == b.dims() && a.dtype() == b.dtype() && bits(a).is_some_and(|x| bits(b) == Some(x))
 }
 
 fn missing(path: &Path, key: &str) -> candle_core::Error {

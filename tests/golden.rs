@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
-use candle_radam::{ParamsRAdam, RAdam};
+use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
 use common::{hash_tensor, max_ulps, worst};
 use serde::Deserialize;
 
@@ -42,6 +42,43 @@ struct Case {
 #[derive(Deserialize)]
 struct Cases {
     cases: Vec<Case>,
+    multi_cases: Vec<MultiCase>,
+}
+
+/// A case with several variables, param groups and missing gradients (`run_multi` in the
+/// generator).
+#[derive(Deserialize)]
+struct MultiCase {
+    name: String,
+    dtype: String,
+    vars: Vec<MultiVar>,
+    steps: u64,
+    hp: Hp,
+    groups: Vec<MultiGroup>,
+    /// Steps on which a var has a gradient (absent: every step).
+    grads: HashMap<String, Vec<u64>>,
+    grad_scale: f32,
+    grad_offset: f32,
+}
+
+#[derive(Deserialize)]
+struct MultiVar {
+    name: String,
+    n: usize,
+    seed: Option<u64>,
+    init: Option<f32>,
+    grad: Option<f32>,
+}
+
+#[derive(Deserialize)]
+struct MultiGroup {
+    name: String,
+    vars: Vec<String>,
+    lr_scale: Option<f64>,
+    beta1: Option<f64>,
+    beta2: Option<f64>,
+    eps: Option<f64>,
+    weight_decay: Option<f64>,
 }
 
 fn dtype(s: &str) -> DType {
@@ -54,13 +91,18 @@ fn dtype(s: &str) -> DType {
     }
 }
 
-fn load() -> (Vec<Case>, HashMap<String, Tensor>) {
+fn load_all() -> (Cases, HashMap<String, Tensor>) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
     let cases: Cases =
         serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap())
             .unwrap();
     let golden =
         candle_core::safetensors::load(format!("{dir}/golden.safetensors"), &Device::Cpu).unwrap();
+    (cases, golden)
+}
+
+fn load() -> (Vec<Case>, HashMap<String, Tensor>) {
+    let (cases, golden) = load_all();
     (cases.cases, golden)
 }
 
@@ -98,6 +140,22 @@ fn check(what: &str, ours: &Tensor, want: &Tensor) -> f64 {
     }
 }
 
+impl Hp {
+    fn params(&self) -> ParamsRAdam {
+        ParamsRAdam {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+            degenerate_to_sgd: self.degenerate_to_sgd,
+            rectify: self.rectify,
+            ..Default::default()
+        }
+    }
+}
+
 fn run_case(c: &Case, golden: &HashMap<String, Tensor>) {
     let dev = Device::Cpu;
     let dt = dtype(&c.dtype);
@@ -107,17 +165,7 @@ fn run_case(c: &Case, golden: &HashMap<String, Tensor>) {
         var.as_tensor(),
         &golden[&format!("{}.param.0", c.name)],
     );
-    let params = ParamsRAdam {
-        lr: c.hp.lr,
-        beta1: c.hp.beta1,
-        beta2: c.hp.beta2,
-        eps: c.hp.eps,
-        weight_decay: c.hp.weight_decay,
-        decoupled_weight_decay: c.hp.decoupled_weight_decay,
-        degenerate_to_sgd: c.hp.degenerate_to_sgd,
-        rectify: c.hp.rectify,
-        ..Default::default()
-    };
+    let params = c.hp.params();
     let mut opt = RAdam::new(vec![var.clone()], params).unwrap();
     let mut checked = 0;
     let mut worst_seen: f64 = 0.0;
@@ -230,4 +278,118 @@ fn no_sgd_phase_leaves_params_bit_identical() {
         .unwrap();
     assert_eq!(diff, 0.0);
     assert_eq!(opt.step_count(), 5);
+}
+
+fn run_multi_case(c: &MultiCase, golden: &HashMap<String, Tensor>) {
+    let dev = Device::Cpu;
+    let dt = dtype(&c.dtype);
+    let value = |v: &MultiVar, t: u64| -> Tensor {
+        match (v.seed, v.init, v.grad) {
+            (Some(seed), _, _) => {
+                let (scale, offset) =
+                    if t == 0 { (1.0, 0.0) } else { (c.grad_scale, c.grad_offset) };
+                hash_tensor(v.n, seed, t, dt, scale, offset, &dev).unwrap()
+            }
+            (None, Some(init), Some(grad)) => {
+                Tensor::full(if t == 0 { init } else { grad }, v.n, &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap()
+            }
+            _ => panic!("{}: var {} has neither seed nor init/grad", c.name, v.name),
+        }
+    };
+    let vars: Vec<(String, Var)> =
+        c.vars.iter().map(|v| (v.name.clone(), Var::from_tensor(&value(v, 0)).unwrap())).collect();
+    for (name, var) in &vars {
+        check(
+            &format!("{} {name} initial", c.name),
+            var.as_tensor(),
+            &golden[&format!("{}.{name}.0", c.name)],
+        );
+    }
+    let groups = c
+        .groups
+        .iter()
+        .map(|g| {
+            let mut pg = ParamGroup::names(&g.name, &g.vars);
+            pg.lr_scale = g.lr_scale;
+            pg.beta1 = g.beta1;
+            pg.beta2 = g.beta2;
+            pg.eps = g.eps;
+            pg.weight_decay = g.weight_decay;
+            pg
+        })
+        .collect();
+    let mut opt =
+        RAdam::new_named(vars.clone(), c.hp.params()).unwrap().with_groups(groups).unwrap();
+    let has_grad = |name: &str, t: u64| c.grads.get(name).is_none_or(|steps| steps.contains(&t));
+    let mut steps_with_grads = 0;
+    let mut worst_seen: f64 = 0.0;
+    for t in 1..=c.steps {
+        let mut grads = GradStore::default();
+        for (v, (name, var)) in c.vars.iter().zip(&vars) {
+            if has_grad(name, t) {
+                grads.insert(var, value(v, t));
+            }
+        }
+        steps_with_grads += c.vars.iter().any(|v| has_grad(&v.name, t)) as u64;
+        opt.step(&grads).unwrap();
+        for (name, var) in &vars {
+            let want = &golden[&format!("{}.{name}.{t}", c.name)];
+            worst_seen = worst_seen.max(check(
+                &format!("{} {name} after step {t}", c.name),
+                var.as_tensor(),
+                want,
+            ));
+        }
+    }
+    assert_eq!(opt.step_count(), steps_with_grads, "{}: optimizer steps", c.name);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.safetensors");
+    opt.save_state(&path).unwrap();
+    let state = candle_core::safetensors::load(&path, &dev).unwrap();
+    for (name, _) in &vars {
+        let torch_step = golden[&format!("{}.{name}.step", c.name)].to_vec1::<i64>().unwrap()[0];
+        assert_eq!(opt.var_step_count(name), Some(torch_step as u64), "{}: {name} step", c.name);
+        for key in ["exp_avg", "exp_avg_sq"] {
+            if let Some(want) = golden.get(&format!("{}.{name}.{key}", c.name)) {
+                let ours = &state[&format!("{key}.{name}")];
+                worst_seen = worst_seen.max(check(&format!("{} {name} {key}", c.name), ours, want));
+            }
+        }
+    }
+    println!(
+        "{:28} torch-groups {:4} vars={} worst {:.3}",
+        c.name,
+        c.dtype,
+        c.vars.len(),
+        worst_seen
+    );
+}
+
+/// torch.optim.RAdam with param groups (different lr, weight decay, betas, eps) and gradients
+/// missing on some steps: every variable after every step, its moments and its step count.
+#[test]
+fn golden_groups_and_missing_gradients_match_torch() {
+    let (cases, golden) = load_all();
+    assert!(cases.multi_cases.len() >= 5);
+    for c in &cases.multi_cases {
+        run_multi_case(c, &golden);
+    }
+}
+
+/// Issue 8, item 1, with the values the issue gives: B's first gradient at optimizer step 2 is
+/// its own step 1 (B = 0.995, not 0.9973684), and at step 10 still an SGD step (not the
+/// rectified branch, 21x too small).
+#[test]
+fn late_first_gradient_is_the_variables_own_first_step() {
+    let (cases, golden) = load_all();
+    let b2 = golden["item1_late_var.B.2"].to_vec1::<f32>().unwrap()[0];
+    assert_eq!(b2, 0.995f32);
+    let b10 = golden["item1_first_grad_at_10.B.10"].to_vec1::<f32>().unwrap()[0];
+    assert_eq!(b10, 0.995f32);
+    for name in ["item1_late_var", "item1_first_grad_at_10"] {
+        run_multi_case(cases.multi_cases.iter().find(|c| c.name == name).unwrap(), &golden);
+    }
 }

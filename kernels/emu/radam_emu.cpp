@@ -1,6 +1,7 @@
 // Host emulation of kernels/radam.cu: compiles the kernel source with a plain C++ compiler
 // (CUDA keywords stubbed, blocks and threads run one after the other) and checks the multi-tensor
-// indexing, the vector and scalar paths, every dtype and update branch, and the non-finite check
+// indexing, the vector and scalar paths, every dtype and update branch, per-tensor scalar sets
+// (several (group, t) sets in one launch), the zero-step select, and the non-finite check
 // against a straightforward per-element reference, bit for bit. It needs the CUDA headers but no
 // GPU; scripts/ci-cuda.sh builds and runs it:
 //
@@ -92,6 +93,9 @@ template <typename P> static uint64_t bits(P x) {
     return b;
 }
 
+// Scalar set of tensor i (src/cuda.rs: the entry's `set`): three sets per launch.
+static uint32_t set_of(size_t i) { return (uint32_t)(i % 3); }
+
 // The table exactly as src/cuda.rs lays it out: entries, then the block map as packed u32.
 template <typename P, typename M>
 static std::vector<uint64_t> build_table(std::vector<Tensor<P, M>>& ts, uint32_t& blocks, size_t& map_word) {
@@ -103,7 +107,7 @@ static std::vector<uint64_t> build_table(std::vector<Tensor<P, M>>& ts, uint32_t
         if (t.n == 0) continue;
         uint64_t pp = (uint64_t)t.p(), gp = (uint64_t)t.g(), mp = (uint64_t)t.m.data(), vp = (uint64_t)t.v.data();
         uint64_t aligned = ((pp | gp | mp | vp) % 16) == 0;
-        uint64_t flags = aligned | ((uint64_t)(gp % 16 == 0) << 1);
+        uint64_t flags = aligned | ((uint64_t)(gp % 16 == 0) << 1) | ((uint64_t)set_of(i) << 32);
         uint64_t entry[8] = {pp, gp, mp, vp, t.n, (uint64_t)map.size(), flags, (uint64_t)i};
         words.insert(words.end(), entry, entry + 8);
         for (uint64_t b = 0; b < (t.n + RADAM_CHUNK - 1) / RADAM_CHUNK; b++) map.push_back(e);
@@ -117,7 +121,7 @@ static std::vector<uint64_t> build_table(std::vector<Tensor<P, M>>& ts, uint32_t
 }
 
 template <typename P, typename M>
-static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint32_t*, M, M, M, M, M, M, M, int),
+static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint32_t*, const Scalars<M>*),
                       void (*check)(const Entry*, const uint32_t*, uint32_t*), uint64_t exp_mask) {
     std::mt19937_64 rng(1234);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -148,12 +152,21 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
     size_t vec_tensors = 0;
     for (int step = 1; step <= 12; step++) {
         for (auto& t : ts) for (auto& x : t.g_store) x = from_f<P>(u(rng) * 0.5f);
-        // Scalars of some step; the branch cycles through sgd, adaptive, frozen.
-        const int update = step <= 4 ? 1 : (step % 5 == 0 ? 2 : 0);
-        const double s64[7] = {0.1, 0.999, 0.001, 0.01 * std::sqrt(1.0 - std::pow(0.999, step)) / (1.0 - std::pow(0.9, step)),
-                               1e-8, step % 2 ? 0.01 : 0.0, step % 3 ? 1.0 : 1.0 - 1e-4};
-        M k[7];
-        for (int i = 0; i < 7; i++) k[i] = (M)s64[i];
+        // Three scalar sets (three (group, t) pairs of one step): set 0 cycles through sgd,
+        // adaptive, frozen; set 1 is adaptive with other scalars; set 2 is adaptive with eps = 0,
+        // and every third of its tensors gets zero gradients (zero m and v: the select must give
+        // a zero step, not 0/0).
+        Scalars<M> sets[3];
+        for (int j = 0; j < 3; j++) {
+            const int update = j == 0 ? (step <= 4 ? 1 : (step % 5 == 0 ? 2 : 0)) : 0;
+            const double s64[7] = {j == 1 ? 0.2 : 0.1, j == 1 ? 0.99 : 0.999, j == 1 ? 0.01 : 0.001,
+                                   (j + 1) * 0.01 * std::sqrt(1.0 - std::pow(0.999, step)) / (1.0 - std::pow(0.9, step)),
+                                   j == 2 ? 0.0 : 1e-8, (step % 2 && j != 2) ? 0.01 : 0.0, step % 3 ? 1.0 : 1.0 - 1e-4};
+            sets[j] = {(M)s64[0], (M)s64[1], (M)s64[2], (M)s64[3], (M)s64[4], (M)s64[5], (M)s64[6], update};
+        }
+        for (size_t i = 0; i < ts.size(); i++)
+            if (set_of(i) == 2 && (i / 3) % 3 == 0)
+                for (auto& x : ts[i].g_store) x = from_f<P>(0.f);
         uint32_t blocks;
         size_t map_word;
         std::vector<uint64_t> words = build_table(ts, blocks, map_word);
@@ -161,18 +174,21 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
             for (size_t i = 0; i < map_word; i += 8) vec_tensors += words[i + 6] & 1;
         const Entry* table = reinterpret_cast<const Entry*>(words.data());
         const uint32_t* map = reinterpret_cast<const uint32_t*>(words.data() + map_word);
-        launch(blocks, [&] { kernel(table, map, k[0], k[1], k[2], k[3], k[4], k[5], k[6], update); });
-        const Scalars<M> ks = {k[0], k[1], k[2], k[3], k[4], k[5], k[6]};
-        for (auto& t : ts) {
+        launch(blocks, [&] { kernel(table, map, sets); });
+        for (size_t j = 0; j < ts.size(); j++) {
+            auto& t = ts[j];
+            const Scalars<M>& ks = sets[set_of(j)];
             for (size_t i = 0; i < t.n; i++) {
                 // The rule of src/rule.rs, written out independently of the kernel's radam_elem.
                 const M p = Traits<P>::load(t.p_ref[i]);
                 const M g = Traits<P>::load(t.g()[i]) + ks.l2 * p;
                 t.m_ref[i] = t.m_ref[i] + ks.one_minus_beta1 * (g - t.m_ref[i]);
                 t.v_ref[i] = ks.beta2 * t.v_ref[i] + ks.one_minus_beta2 * g * g;
-                if (update == 0) {
-                    t.p_ref[i] = Traits<P>::store(ks.decay * p - ks.step_size * t.m_ref[i] / (std::sqrt(t.v_ref[i]) + ks.eps));
-                } else if (update == 1) {
+                if (ks.update == 0) {
+                    const M d = std::sqrt(t.v_ref[i]) + ks.eps;
+                    const M u = d == M(0) ? M(0) : ks.step_size * t.m_ref[i] / d;
+                    t.p_ref[i] = Traits<P>::store(ks.decay * p - u);
+                } else if (ks.update == 1) {
                     t.p_ref[i] = Traits<P>::store(ks.decay * p - ks.step_size * t.m_ref[i]);
                 }
             }
@@ -184,6 +200,7 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
         elems += t.n;
         for (size_t i = 0; i < t.n; i++) {
             CHECK(bits(t.p()[i]) == bits(t.p_ref[i]), "%s tensor %zu (n=%zu off=%zu) param[%zu]", name, j, t.n, t.off, i);
+            CHECK(Traits<P>::load(t.p()[i]) == Traits<P>::load(t.p()[i]), "%s tensor %zu param[%zu] is NaN", name, j, i);
             CHECK(bits(t.m[i]) == bits(t.m_ref[i]), "%s tensor %zu (n=%zu off=%zu) m[%zu]", name, j, t.n, t.off, i);
             CHECK(bits(t.v[i]) == bits(t.v_ref[i]), "%s tensor %zu (n=%zu off=%zu) v[%zu]", name, j, t.n, t.off, i);
         }

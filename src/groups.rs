@@ -1,0 +1,264 @@
+//! Parameter groups (torch's `param_groups`): variables chosen by name, each group overriding
+//! some of the optimizer's hyper-parameters.
+//!
+//! A [`ParamGroup`] selects variables by exact names, by glob patterns (the `globset` crate's
+//! syntax: `*` matches any run of characters, dots included, so `"*.bias"` matches
+//! `"encoder.layer.0.bias"`) or by a predicate on the name and the variable. Groups are tried in
+//! the order given and the **first match wins**; variables matched by no group form the default
+//! group, named [`DEFAULT_GROUP`], which uses the optimizer's [`ParamsRAdam`] as they are.
+//!
+//! A group's learning rate is a *multiplier* of the optimizer's (`lr_scale`), so
+//! [`Optimizer::set_learning_rate`](candle_nn::Optimizer::set_learning_rate) and schedules built on
+//! it keep working for every group; every other field replaces the optimizer's value.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use candle_core::{bail, Result, Var};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::params::ParamsRAdam;
+
+/// Name of the group of the variables no [`ParamGroup`] selects.
+pub const DEFAULT_GROUP: &str = "default";
+
+type Predicate = Arc<dyn Fn(&str, &Var) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+enum Selector {
+    Names(HashSet<String>),
+    Glob { set: GlobSet, patterns: Vec<String> },
+    Predicate(Predicate),
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Names(n) => {
+                let mut n: Vec<&String> = n.iter().collect();
+                n.sort();
+                f.debug_tuple("Names").field(&n).finish()
+            }
+            Self::Glob { patterns, .. } => f.debug_tuple("Glob").field(patterns).finish(),
+            Self::Predicate(_) => f.write_str("Predicate(..)"),
+        }
+    }
+}
+
+/// One parameter group: which variables, and the hyper-parameters it overrides.
+///
+/// ```
+/// use candle_radam::ParamGroup;
+/// // Embeddings at a tenth of the learning rate, with their own betas.
+/// let emb = ParamGroup::glob("embeddings", &["*.embed*"])?.lr_scale(0.1).betas(0.9, 0.98);
+/// // The standard Transformer / BERT recipe: no weight decay on biases and norms.
+/// let no_decay = ParamGroup::no_decay();
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ParamGroup {
+    pub(crate) name: String,
+    selector: Selector,
+    /// Multiplier of the optimizer's learning rate (1 when not set).
+    pub lr_scale: Option<f64>,
+    /// Overrides `beta1`.
+    pub beta1: Option<f64>,
+    /// Overrides `beta2`.
+    pub beta2: Option<f64>,
+    /// Overrides `eps`.
+    pub eps: Option<f64>,
+    /// Overrides `weight_decay`.
+    pub weight_decay: Option<f64>,
+    /// Overrides `decoupled_weight_decay`.
+    pub decoupled_weight_decay: Option<bool>,
+    /// Overrides `degenerate_to_sgd`.
+    pub degenerate_to_sgd: Option<bool>,
+    /// Overrides `rectify`.
+    pub rectify: Option<bool>,
+}
+
+impl ParamGroup {
+    fn with(name: &str, selector: Selector) -> Self {
+        Self {
+            name: name.to_string(),
+            selector,
+            lr_scale: None,
+            beta1: None,
+            beta2: None,
+            eps: None,
+            weight_decay: None,
+            decoupled_weight_decay: None,
+            degenerate_to_sgd: None,
+            rectify: None,
+        }
+    }
+
+    /// The variables with exactly these names.
+    pub fn names<S: AsRef<str>>(name: &str, vars: &[S]) -> Self {
+        Self::with(name, Selector::Names(vars.iter().map(|s| s.as_ref().to_string()).collect()))
+    }
+
+    /// The variables whose name matches any of the glob `patterns` (`globset` syntax, `*` also
+    /// matching `.`). Errors on an invalid pattern.
+    pub fn glob<S: AsRef<str>>(name: &str, patterns: &[S]) -> Result<Self> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            let glob = Glob::new(p.as_ref()).map_err(|e| {
+                candle_core::Error::Msg(format!("RAdam: group '{name}': bad glob pattern: {e}"))
+            })?;
+            b.add(glob);
+        }
+        let set = b.build().map_err(|e| {
+            candle_core::Error::Msg(format!("RAdam: group '{name}': bad glob patterns: {e}"))
+        })?;
+        let patterns = patterns.iter().map(|s| s.as_ref().to_string()).collect();
+        Ok(Self::with(name, Selector::Glob { set, patterns }))
+    }
+
+    /// The variables for which `f(name, var)` is true.
+    pub fn predicate(name: &str, f: impl Fn(&str, &Var) -> bool + Send + Sync + 'static) -> Self {
+        Self::with(name, Selector::Predicate(Arc::new(f)))
+    }
+
+    /// The standard recipe's group `"no_decay"` with `weight_decay = 0`. It selects every
+    /// variable that
+    /// - has rank 0 or 1 (scalars and vectors: biases, LayerNorm / RMSNorm / BatchNorm scales and
+    ///   shifts, GPT-2's `ln_1.weight`, ...), or
+    /// - has a name containing `bias` or `norm`, compared ASCII case-insensitively (so
+    ///   `LayerNorm.weight`, `layer_norm.bias`, `final_norm.weight` and `attn.bias` all match,
+    ///   whatever their rank).
+    ///
+    /// Everything else (weight matrices, embeddings, convolution kernels) keeps the optimizer's
+    /// weight decay. Note that a name such as `normal_init.weight` contains `norm` and matches too.
+    pub fn no_decay() -> Self {
+        Self::predicate("no_decay", |name, var| {
+            let lower = name.to_ascii_lowercase();
+            var.rank() <= 1 || lower.contains("bias") || lower.contains("norm")
+        })
+        .weight_decay(0.0)
+    }
+
+    /// The group's name (in errors, [`RAdam::groups`](crate::RAdam::groups) and saved state).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sets the learning-rate multiplier (`lr = lr_scale * optimizer lr`).
+    pub fn lr_scale(mut self, x: f64) -> Self {
+        self.lr_scale = Some(x);
+        self
+    }
+    /// Sets both betas.
+    pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.beta1 = Some(beta1);
+        self.beta2 = Some(beta2);
+        self
+    }
+    /// Sets `eps`.
+    pub fn eps(mut self, x: f64) -> Self {
+        self.eps = Some(x);
+        self
+    }
+    /// Sets `weight_decay`.
+    pub fn weight_decay(mut self, x: f64) -> Self {
+        self.weight_decay = Some(x);
+        self
+    }
+    /// Sets `decoupled_weight_decay`.
+    pub fn decoupled_weight_decay(mut self, x: bool) -> Self {
+        self.decoupled_weight_decay = Some(x);
+        self
+    }
+    /// Sets `degenerate_to_sgd`.
+    pub fn degenerate_to_sgd(mut self, x: bool) -> Self {
+        self.degenerate_to_sgd = Some(x);
+        self
+    }
+    /// Sets `rectify`.
+    pub fn rectify(mut self, x: bool) -> Self {
+        self.rectify = Some(x);
+        self
+    }
+
+    /// Whether this group selects the variable `name`.
+    pub fn matches(&self, name: &str, var: &Var) -> bool {
+        match &self.selector {
+            Selector::Names(n) => n.contains(name),
+            Selector::Glob { set, .. } => set.is_match(name),
+            Selector::Predicate(f) => f(name, var),
+        }
+    }
+
+    /// The hyper-parameters of this group under the optimizer's `base` (not validated).
+    pub fn effective(&self, base: &ParamsRAdam) -> ParamsRAdam {
+        ParamsRAdam {
+            lr: base.lr * self.lr_scale.unwrap_or(1.0),
+            beta1: self.beta1.unwrap_or(base.beta1),
+            beta2: self.beta2.unwrap_or(base.beta2),
+            eps: self.eps.unwrap_or(base.eps),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            decoupled_weight_decay: self
+                .decoupled_weight_decay
+                .unwrap_or(base.decoupled_weight_decay),
+            degenerate_to_sgd: self.degenerate_to_sgd.unwrap_or(base.degenerate_to_sgd),
+            rectify: self.rectify.unwrap_or(base.rectify),
+            ..base.clone()
+        }
+    }
+
+    /// Validates the group's own multiplier and its effective hyper-parameters under `base`; the
+    /// error names the group (the learning rate checked is the effective one).
+    pub(crate) fn validate(&self, base: &ParamsRAdam) -> Result<()> {
+        if let Some(s) = self.lr_scale {
+            if !(s >= 0.0 && s.is_finite()) {
+                bail!("RAdam: group '{}': lr_scale must be finite and >= 0, got {s}", self.name);
+            }
+        }
+        self.effective(base)
+            .validate()
+            .map_err(|e| candle_core::Error::Msg(format!("group '{}': {e}", self.name)))
+    }
+}
+
+/// A group as the optimizer reports it: its name, effective hyper-parameters and variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupInfo {
+    /// The group's name ([`DEFAULT_GROUP`] for the variables no group selects).
+    pub name: String,
+    /// The hyper-parameters its variables are updated with (learning rate included).
+    pub params: ParamsRAdam,
+    /// Names of its variables, in the optimizer's order.
+    pub vars: Vec<String>,
+}
+
+/// Assigns every `(name, var)` to the first group that selects it (`groups.len()` for the
+/// default group). Errors if two groups share a name (or use [`DEFAULT_GROUP`]) or a group
+/// selects no variable (a mistyped pattern would otherwise go unnoticed).
+pub(crate) fn assign<'a>(
+    groups: &[ParamGroup],
+    vars: impl Iterator<Item = (&'a str, &'a Var)>,
+) -> Result<Vec<usize>> {
+    let mut names = HashSet::new();
+    for g in groups {
+        if g.name == DEFAULT_GROUP {
+            bail!("RAdam: group name '{DEFAULT_GROUP}' is reserved for the unselected variables");
+        }
+        if !names.insert(g.name.as_str()) {
+            bail!("RAdam: group name '{}' is used twice", g.name);
+        }
+    }
+    let mut used = vec![false; groups.len()];
+    let out: Vec<usize> = vars
+        .map(|(name, var)| {
+            let i = groups.iter().position(|g| g.matches(name, var)).unwrap_or(groups.len());
+            if i < groups.len() {
+                used[i] = true;
+            }
+            i
+        })
+        .collect();
+    if let Some(i) = used.iter().position(|u| !u) {
+        bail!("RAdam: group '{}' selects no variable ({:?})", groups[i].name, groups[i].selector);
+    }
+    Ok(out)
+}
