@@ -5,7 +5,8 @@
 // compiles with g++ into host functions of the same signature.
 //
 // Execution model (driver.cpp runs a launch): the blocks of a grid run one after the other, and
-// the threads of a block run as cooperative fibers (one stack each) scheduled by fibers.cpp, so
+// the threads of a block run as cooperative fibers scheduled by fibers.cpp (a fiber runs threads
+// one after another until one waits at a barrier, then the next fiber takes over), so
 // that block barriers (__syncthreads and its _or/_and/_count forms) and warp collectives
 // (__shfl*_sync, __ballot_sync, __any_sync, __all_sync) behave as on a GPU: a thread that reaches
 // one waits until every live thread of its block (or warp) has reached it. Static __shared__
