@@ -84,6 +84,11 @@ lib() {  # soname define stubs map
 lib libcublas.so.13 STANDIN_CUBLAS "$gen/unimpl_cublas.c" "$gen/cublas.map"
 lib libcublasLt.so.13 "" "$gen/unimpl_cublaslt.c" "$gen/cublaslt.map"
 lib libcurand.so.10 STANDIN_CURAND "$gen/unimpl_curand.c" "$gen/curand.map"
+# 4. The execution model (threads as fibers, barriers, shuffles) checked on kernels written as for
+# a GPU, with the same sanitizers.
+$CXX "${flags[@]}" "${san[@]}" "$here/selftest.cpp" "$gen/fibers.o" -o "$gen/selftest"
+ASAN_OPTIONS=detect_leaks=0 "$gen/selftest"
+
 for f in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
   echo "cuda-standin: $f exports $(nm -D --defined-only "$out/$f" | grep -cE ' [TW] ') functions" >&2
 done
