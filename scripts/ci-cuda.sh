@@ -85,6 +85,7 @@ on_standin() {  # on_standin LOG [VAR=value ...] -- ARGS: runs the test binary, 
   return "${PIPESTATUS[0]}"
 }
 ran_total=0
+ran_by_cc=()
 for cc in 9.0 7.5; do
   say "CUDA tests on the CPU stand-in, compute capability $cc (ASan+UBSan: ${STANDIN_SANITIZE:-1})"
   log="$CARGO_TARGET_DIR/ci-cuda-standin-$cc.log"
@@ -96,6 +97,7 @@ for cc in 9.0 7.5; do
   echo "ci-cuda: stand-in sm_${cc/./}: $ran GPU tests ran, $skipped skipped ($((SECONDS - t0)) s)"
   (( skipped == 0 && ran > 0 )) || { echo "ci-cuda: GPU tests skipped on the stand-in" >&2; exit 1; }
   ran_total=$(( ran_total + ran ))
+  ran_by_cc+=("$ran at sm_${cc/./}")
 done
 grep -q "bf16 parameters need a GPU of compute capability 8.0" "$CARGO_TARGET_DIR/ci-cuda-standin-7.5.log" \
   || { echo "ci-cuda: the 7.5 run did not exercise the bf16 refusal" >&2; exit 1; }
@@ -105,6 +107,7 @@ on_standin "$CARGO_TARGET_DIR/ci-cuda-standin-old-driver.log" CUDA_STANDIN_DRIVE
   --exact gpu::a_driver_that_cannot_load_the_ptx_fails_at_construction --nocapture
 grep -q "^test result: ok. 1 passed" "$CARGO_TARGET_DIR/ci-cuda-standin-old-driver.log" \
   || { echo "ci-cuda: the old-driver test did not run" >&2; exit 1; }
-echo "$ran_total" > "$CARGO_TARGET_DIR/ci-cuda-gpu-tests-run"
-echo "ci-cuda: $ran_total GPU tests ran (not skipped) on the CPU stand-in"
+summary="$ran_total GPU test runs, none skipped ($(IFS=,; echo "${ran_by_cc[*]}" | sed 's/,/, /g'), plus the old-driver one)"
+echo "$summary" > "$CARGO_TARGET_DIR/ci-cuda-gpu-tests-run"
+echo "ci-cuda: $summary on the CPU stand-in"
 say "OK"
