@@ -487,7 +487,9 @@ fn a_driver_that_cannot_load_the_ptx_fails_at_construction() -> Result<()> {
     let e = candle_radam::cuda_supports(d, DType::F32).expect_err("the PTX must be refused");
     assert!(e.to_string().contains("PTX"), "unclear error: {e}");
     let v = Var::from_tensor(&Tensor::zeros(8, DType::F32, &Device::Cpu)?.to_device(&dev)?)?;
-    let e = RAdam::new(vec![v], ParamsRAdam::default()).err().expect("RAdam::new must fail");
+    let Err(e) = RAdam::new(vec![v], ParamsRAdam::default()) else {
+        panic!("RAdam::new must fail when the driver cannot load the PTX")
+    };
     assert!(e.to_string().contains("PTX"), "unclear error: {e}");
     Ok(())
 }
