@@ -16,9 +16,10 @@
 //! driver's per-thread default stream; for `Device::new_cuda_with_stream`, a new stream of its
 //! own), and all of candle's ops on that handle's tensors go on it. Two `new_cuda(0)` handles are
 //! distinct devices to candle (different ids: variables on them are grouped and launched
-//! separately) but both get the calling thread's default stream. Because the params are written under a *read* access record, cudarc's cross-stream event
-//! tracking does not see the write: the ordering above relies on the params being used on this
-//! one stream only — which is what candle does. Hence, as for any candle CUDA code, call `step`
+//! separately) but both get the calling thread's default stream. Because the params are written
+//! under a *read* access record, cudarc's cross-stream event tracking does not see the write: the
+//! ordering above relies on the params being used on their handle's one stream only — which is
+//! what candle does. Hence, as for any candle CUDA code, call `step`
 //! on the thread that ran the backward pass (with the per-thread stream, another thread is
 //! another stream), and do not hand the params to a second stream of your own without
 //! synchronizing it first.
