@@ -19,10 +19,9 @@
 //! separately) but both get the calling thread's default stream. Because the params are written
 //! under a *read* access record, cudarc's cross-stream event tracking does not see the write: the
 //! ordering above relies on the params being used on their handle's one stream only — which is
-//! what candle does. Hence, as for any candle CUDA code, call `step`
-//! on the thread that ran the backward pass (with the per-thread stream, another thread is
-//! another stream), and do not hand the params to a second stream of your own without
-//! synchronizing it first.
+//! what candle does. Hence, as for any candle CUDA code, call `step` on the thread that ran the
+//! backward pass (with the per-thread stream, another thread is another stream), and do not hand
+//! the params to a second stream of your own without synchronizing it first.
 
 use std::sync::Arc;
 
