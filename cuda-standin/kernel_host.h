@@ -127,6 +127,15 @@ template <typename T> inline T atomicCAS(T* a, T cmp, T v) { T o = *a; if (o == 
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
+// Device intrinsics the host headers lack. The fast-math ones are computed exactly here (the GPU
+// approximates them to a few ulp): a kernel that uses them agrees with the stand-in only within
+// those ulp, not bit for bit.
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : x > 1.f ? 1.f : x == x ? x : 0.f; }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
 // min/max as CUDA has them for integer and floating operands of one or two types.
 template <typename A, typename B> inline std::common_type_t<A, B> min(A a, B b) {
     typedef std::common_type_t<A, B> C;
