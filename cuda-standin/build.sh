@@ -31,7 +31,9 @@ san=()
 if [[ "${STANDIN_SANITIZE:-1}" == 1 ]]; then
   # -fno-sanitize-recover: the first finding aborts the process (and fails the test binary).
   san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
-  $CXX -print-file-name=libasan.so > "$out/preload"
+  asan="$($CXX -print-file-name=libasan.so)"
+  [[ -f "$asan" ]] || { echo "cuda-standin: no libasan.so for $CXX (install libasan, or STANDIN_SANITIZE=0)" >&2; exit 1; }
+  echo "$asan" > "$out/preload"
 else
   : > "$out/preload"
 fi
