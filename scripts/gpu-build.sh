@@ -3,8 +3,9 @@
 # into gpu-bundle/ (git-ignored), to be run on a GPU machine that has no cargo and no network:
 #
 #   scripts/gpu-build.sh                 # -> gpu-bundle/ (~45 MB)
-#   # on the GPU machine, from the repository root (the device tool: carry ["gpu-bundle"]):
-#   bash gpu-bundle/gpu-run.sh
+#   # on the GPU machine, from the repository root (the device tool: carry ["gpu-bundle"]), one
+#   # stage per call (1: tests, memcheck, compare; 2: benchmarks; 3: NMT), logs under $OUT:
+#   OUT=$OUT bash gpu-bundle/gpu-run.sh 1
 #
 # The binaries link dynamically to CUDA 13 libraries (libcudart.so.13, libcublas(Lt).so.13,
 # libcurand.so.10, libnvrtc.so.13) and to the driver's libcuda.so.1; gpu-run.sh finds them there.

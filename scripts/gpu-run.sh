@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Runs the bundle made by scripts/gpu-build.sh on a GPU machine (no cargo, no network needed):
-# the CUDA tests, the CPU-vs-GPU training comparison, the benchmark, the torch benchmark when
-# python3 has torch, and the NMT example's default comparison on the GPU, then prints one summary. Exits non-zero if a check failed, or if there is no
-# usable GPU (after saying why).
+# Runs the bundle made by scripts/gpu-build.sh on a GPU machine (no cargo, no network needed), in
+# stages that each fit one short device call (10 minutes a command, 15 minutes a session):
 #
-#   bash gpu-bundle/gpu-run.sh            # from anywhere; finds the binaries beside itself
-#   OUT=/some/dir bash gpu-bundle/gpu-run.sh   # also copies the logs there
+#   1  library check, nvidia-smi, the CUDA tests (then again under compute-sanitizer memcheck
+#      when it is installed), the CPU-vs-GPU training comparison (f32 and bf16)       ~2-6 min
+#   2  the benchmarks: ours (bench --device cuda) and the torch one when python3 has CUDA torch
+#   3  the NMT example's default comparison on the GPU, capped in time (NMT_TIMEOUT, 300 s)
+#
+#   bash gpu-bundle/gpu-run.sh 1          # one stage; `1 2`, or `all` (the default) for several
+#   OUT=/some/dir bash gpu-bundle/gpu-run.sh 1
+#
+# Every phase runs under `timeout` (PHASE_TIMEOUT, default 240 s; the memcheck pass
+# MEMCHECK_TIMEOUT, 300 s) and writes its log to $OUT/gpu-run/<phase>.log while it runs (to a
+# temporary folder without OUT), so a run stopped half-way still returns what it did. Prints one
+# summary per call; exits non-zero if a check failed, or if there is no usable GPU (after saying
+# why).
 #
 # CUDA libraries: the binaries need libcudart.so.13, libcublas.so.13, libcublasLt.so.13,
 # libcurand.so.10, libnvrtc.so.13 and the driver's libcuda.so.1. They are looked up in
@@ -13,13 +22,17 @@
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+stages=("$@")
+(( ${#stages[@]} )) || stages=(all)
+want() { local s; for s in "${stages[@]}"; do [[ "$s" == all || "$s" == "$1" ]] && return 0; done; return 1; }
 work="${TMPDIR:-/tmp}/candle-radam-gpu-run"
-logs="$work/logs"
+if [[ -n "${OUT:-}" ]]; then logs="$OUT/gpu-run"; else logs="$work/logs"; fi
 rm -rf "$work" && mkdir -p "$work/bin" "$logs"
-say() { echo "== gpu-run: $*"; }
+say() { echo "== gpu-run: $*" | tee -a "$logs/summary.log"; }
 declare -a summary=()
 status=0
-note() { summary+=("$1"); }
+note() { summary+=("$1"); echo "  $1" >> "$logs/summary.log"; }
+PHASE_TIMEOUT="${PHASE_TIMEOUT:-240}"
 
 # --- binaries -------------------------------------------------------------------------------
 for b in cuda-tests compare bench nmt; do
@@ -91,18 +104,22 @@ else
   status=2
 fi
 
-run() {  # run NAME CMD...: logs to $logs/NAME.log, records pass/fail
+run() {  # run NAME CMD...: under `timeout`, logs to $logs/NAME.log as it goes, records pass/fail
   local name=$1; shift
-  say "$name: $*"
+  local limit="${RUN_TIMEOUT:-$PHASE_TIMEOUT}"
+  say "$name (timeout ${limit}s): $*"
   local t0=$SECONDS
-  "$@" 2>&1 | tee "$logs/$name.log"
-  local rc=${PIPESTATUS[0]}
-  note "$(printf '%-12s %s (rc %d, %ds)' "$name" "$([[ $rc == 0 ]] && echo PASS || echo FAIL)" "$rc" $((SECONDS - t0)))"
+  timeout --kill-after=10 "$limit" "$@" > >(tee "$logs/$name.log") 2>&1
+  local rc=$?
+  local what=PASS
+  [[ $rc == 0 ]] || what=FAIL
+  [[ $rc == 124 || $rc == 137 ]] && what="TIMEOUT after ${limit}s"
+  note "$(printf '%-14s %s (rc %d, %ds)' "$name" "$what" "$rc" $((SECONDS - t0)))"
   [[ $rc == 0 ]] || status=1
   return 0
 }
 
-if [[ $status == 0 ]]; then
+if [[ $status == 0 ]] && want 1; then
   run tests "$work/bin/cuda-tests" --test-threads=1 --nocapture
   if grep -q "skipped, no CUDA device" "$logs/tests.log"; then
     note "tests: SKIPPED for lack of a device, so nothing was checked on a GPU"
@@ -111,32 +128,44 @@ if [[ $status == 0 ]]; then
   grep -E "max rel diff|max ulp" "$logs/tests.log" | sed 's/^/  /' > "$logs/diffs.txt" || true
   run compare-f32 "$work/bin/compare" --steps 100 --dtype f32
   run compare-bf16 "$work/bin/compare" --steps 100 --dtype bf16 --tol 1e-1
+  # Out-of-bounds, misaligned or freed-memory accesses of the kernels on the real hardware.
+  san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+  if [[ -n "$san" ]]; then
+    RUN_TIMEOUT="${MEMCHECK_TIMEOUT:-300}" run tests-memcheck "$san" --tool memcheck --error-exitcode 1 \
+      "$work/bin/cuda-tests" --test-threads=1
+  else
+    note "tests-memcheck skipped (no compute-sanitizer on this machine)"
+  fi
+fi
+
+if [[ $status != 2 ]] && want 2; then
   if [[ -x "$work/bin/bench" ]]; then
     run bench "$work/bin/bench" --device cuda
   else
-    note "bench        not in the bundle"
+    note "bench          not in the bundle"
   fi
   if [[ -f "$here/bench_torch.py" ]] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     run bench-torch python3 "$here/bench_torch.py" --device cuda
   else
-    note "bench-torch  skipped (no bench_torch.py, or python3 has no CUDA torch)"
+    note "bench-torch    skipped (no bench_torch.py, or python3 has no CUDA torch)"
   fi
+fi
+
+if [[ $status != 2 ]] && want 3; then
   if [[ -x "$work/bin/nmt" ]]; then
     # The README's main job on the GPU: default task and flags, the three variants.
-    run nmt timeout "${NMT_TIMEOUT:-300}" "$work/bin/nmt" --device cuda \
-      --compare adam,adam-warmup,radam --out "$logs/nmt" --quiet
+    RUN_TIMEOUT=$(( ${NMT_TIMEOUT:-300} + 30 )) run nmt timeout "${NMT_TIMEOUT:-300}" "$work/bin/nmt" \
+      --device cuda --compare adam,adam-warmup,radam --out "$logs/nmt" --quiet
     [[ -f "$logs/nmt/summary.json" ]] && { echo "  nmt summary:"; cat "$logs/nmt/summary.json"; }
   else
-    note "nmt          not in the bundle"
+    note "nmt            not in the bundle"
   fi
 fi
 
 echo
-say "summary"
+echo "== gpu-run: summary (stages: ${stages[*]})"
 for line in "${summary[@]}"; do echo "  $line"; done
 [[ -s "$logs/diffs.txt" ]] && { echo "  GPU vs CPU in tests/cuda.rs:"; cat "$logs/diffs.txt"; }
-if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
-  tar -C "$work" -czf "$OUT/gpu-run-logs.tar.gz" logs && echo "  logs: $OUT/gpu-run-logs.tar.gz"
-fi
+[[ -n "${OUT:-}" ]] && echo "  logs: $logs"
 echo "  result: $([[ $status == 0 ]] && echo OK || echo FAILED) (exit $status)"
 exit $status

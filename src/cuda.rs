@@ -15,13 +15,15 @@
 //! The caller guarantees that a grad never shares storage with its param.
 //!
 //! Streams: candle gives each `CudaDevice` handle one stream (for `Device::new_cuda`, the
-//! driver's per-thread default stream), and all of candle's ops on that handle's tensors go on
-//! it. Because the params are written under a *read* access record, cudarc's cross-stream event
-//! tracking does not see the write: the ordering above relies on the params being used on this
-//! one stream only — which is what candle does. Hence, as for any candle CUDA code, call `step`
-//! on the thread that ran the backward pass (with the per-thread stream, another thread is
-//! another stream), and do not hand the params to a second stream of your own without
-//! synchronizing it first.
+//! driver's per-thread default stream; for `Device::new_cuda_with_stream`, a new stream of its
+//! own), and all of candle's ops on that handle's tensors go on it. Two `new_cuda(0)` handles are
+//! distinct devices to candle (different ids: variables on them are grouped and launched
+//! separately) but both get the calling thread's default stream. Because the params are written
+//! under a *read* access record, cudarc's cross-stream event tracking does not see the write: the
+//! ordering above relies on the params being used on their handle's one stream only — which is
+//! what candle does. Hence, as for any candle CUDA code, call `step` on the thread that ran the
+//! backward pass (with the per-thread stream, another thread is another stream), and do not hand
+//! the params to a second stream of your own without synchronizing it first.
 
 use std::sync::Arc;
 
@@ -72,9 +74,9 @@ impl CudaMoments {
     /// Zero moments for `param` (a CUDA tensor), on its device.
     pub(crate) fn zeros(param: &Tensor) -> Result<Self> {
         let dev = cuda_device(param)?.clone();
-        // Fail at construction (not at the first step) when this GPU cannot run the kernels,
-        // e.g. bf16 below sm_80.
-        module_for(&dev.cuda_stream(), param.dtype() == DType::BF16)?;
+        // Fail at construction (not at the first step) when this GPU cannot run the kernels
+        // (e.g. bf16 below sm_80) or its driver cannot load the PTX.
+        load_module(&dev, param.dtype() == DType::BF16)?;
         let n = param.elem_count();
         let dtype = crate::moments::moment_dtype(param.dtype())?;
         let bufs = match (n, dtype) {
@@ -196,11 +198,26 @@ fn raw_ptr<'s>(
 }
 
 /// Whether this build's kernels run `dtype` params on the GPU `dev`: `Ok(())`, or the error that
-/// [`RAdam::new`](crate::RAdam::new) would give (GPU older than the PTX targets, or bf16 on a GPU
-/// below sm_80 or below this build's `CUDA_COMPUTE_CAP`). Non-float dtypes are refused by `new`
-/// itself.
+/// [`RAdam::new`](crate::RAdam::new) would give (GPU older than the PTX targets, bf16 on a GPU
+/// below sm_80 or below this build's `CUDA_COMPUTE_CAP`, or a driver that cannot load the PTX,
+/// e.g. one older than the nvcc that built it). Loads the kernel module into `dev` (once per
+/// device handle; candle caches it). Non-float dtypes are refused by `new` itself.
 pub fn cuda_supports(dev: &CudaDevice, dtype: DType) -> Result<()> {
-    module_for(&dev.cuda_stream(), dtype == DType::BF16).map(|_| ())
+    load_module(dev, dtype == DType::BF16)
+}
+
+/// Picks the PTX module for `dev` ([`module_for`]) and loads it through candle's custom-module
+/// cache, so that a driver that cannot JIT the PTX fails here (at construction), not at a step.
+fn load_module(dev: &CudaDevice, need_bf16: bool) -> Result<()> {
+    let (module, ptx) = module_for(&dev.cuda_stream(), need_bf16)?;
+    // candle loads a module when a function of it is first asked for: ask for its first entry.
+    let entry = ptx
+        .split(".entry ")
+        .nth(1)
+        .and_then(|rest| rest.split('(').next())
+        .map(str::trim)
+        .ok_or_else(|| candle_core::Error::Msg(format!("RAdam: {module} has no kernel entry")))?;
+    dev.get_or_load_custom_func(entry, module, ptx).map(|_| ())
 }
 
 /// Which PTX module a device runs, by compute capability; loaded once per device by candle's

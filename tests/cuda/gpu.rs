@@ -1,7 +1,15 @@
 //! GPU vs CPU (a module of `tests/cuda.rs`): the CUDA kernels must give what the CPU loop gives
-//! (which is pinned to torch by the other tests). Compiled only with `--features cuda`; every test prints that it was skipped
-//! and passes when no CUDA device can be opened (no GPU, no driver, or the stub driver of
-//! `scripts/cuda-toolchain.sh`).
+//! (which is pinned to torch by the other tests). Compiled only with `--features cuda`.
+//!
+//! Where they run: on an NVIDIA GPU; or on the CPU stand-in of the CUDA driver
+//! (`cuda-standin/`, what CI uses: the same launcher, cudarc and candle code, with the kernels of
+//! `kernels/radam.cu` compiled for the host and run over the real grid, under AddressSanitizer);
+//! and where no device can be opened (no GPU, no driver, or the stub driver of
+//! `scripts/cuda-toolchain.sh`) every test prints that it was skipped and passes.
+//!
+//! Inputs are made on the CPU and copied to the device, and nothing here runs candle's own CUDA
+//! kernels (no device-side `to_dtype`, `randn` or arithmetic), so every test runs on the stand-in,
+//! which has only this crate's kernels.
 //!
 //! Tolerances: f32 within 1e-6 relative, f64 within 1e-12 relative, f16/bf16 within 1 ulp. (Both
 //! paths evaluate the same expressions in the same order without FMA contraction, so on a
@@ -275,10 +283,19 @@ fn two_handles_of_one_gpu() -> Result<()> {
     let Some(dev) = gpu("two_handles_of_one_gpu") else {
         return Ok(());
     };
-    // A second handle of the same GPU: candle gives it its own device id (and stream), so the
-    // optimizer must launch once per handle, each on its own stream.
-    let dev2 = Device::new_cuda(0)?;
-    assert!(!dev.same_device(&dev2), "candle gave two new_cuda(0) handles the same id");
+    // A second handle of the same GPU with a stream of its own: candle gives it another device
+    // id, so the optimizer must build one table and launch once per handle, each on the
+    // handle's stream. (Two `new_cuda(0)` handles would also get distinct ids, but share the
+    // thread's default stream: `new_cuda_with_stream` is the case that needs the per-handle
+    // streams to be right.)
+    let dev2 = Device::new_cuda_with_stream(0)?;
+    assert!(!dev.same_device(&dev2), "candle gave two handles of one GPU the same id");
+    let (Device::Cuda(c1), Device::Cuda(c2)) = (&dev, &dev2) else { unreachable!() };
+    assert_ne!(
+        c1.cuda_stream().cu_stream(),
+        c2.cuda_stream().cu_stream(),
+        "new_cuda_with_stream gave no stream of its own"
+    );
     let mut rng = StdRng::seed_from_u64(11);
     let specs = [(1025usize, DType::F32), (7, DType::F32), (4096, DType::F16), (3, DType::F64)];
     let devs = [&dev, &dev2, &dev2, &dev];
@@ -428,10 +445,70 @@ fn bf16_needs_sm80_and_says_so() -> Result<()> {
         // The very error that `cuda_supports` announces (`new` adds the variable's name).
         let Device::Cuda(d) = &dev else { unreachable!() };
         let said = candle_radam::cuda_supports(d, DType::BF16).unwrap_err().to_string();
-        assert!(e.to_string().contains(&said), "got {e}, cuda_supports said {said}");
+        // Its message line (with RUST_BACKTRACE set, candle appends a backtrace, which differs).
+        let said = said.lines().next().unwrap_or_default();
+        assert!(e.to_string().contains(said), "got {e}, cuda_supports said {said}");
         if compute_capability(&dev).0 < 8 {
             assert!(e.to_string().contains("8.0"), "unclear error: {e}");
         }
+        eprintln!("bf16_needs_sm80_and_says_so: refused as it must be: {e}");
     }
+    Ok(())
+}
+
+/// The name of the device behind `dev` (the stand-in calls itself "... CPU stand-in ...").
+fn device_name(dev: &Device) -> String {
+    let Device::Cuda(d) = dev else { unreachable!() };
+    d.cuda_stream().context().name().unwrap_or_default()
+}
+
+#[test]
+fn a_driver_that_cannot_load_the_ptx_fails_at_construction() -> Result<()> {
+    let Some(dev) = gpu("a_driver_that_cannot_load_the_ptx_fails_at_construction") else {
+        return Ok(());
+    };
+    // The stand-in plays an older driver when told so (it then refuses PTX of a newer ISA with
+    // CUDA_ERROR_UNSUPPORTED_PTX_VERSION, as a real one does); scripts/ci-cuda.sh runs this test
+    // once that way. Otherwise the module must load, which `cuda_supports` now does.
+    let old_driver = std::env::var("CUDA_STANDIN_DRIVER_VERSION")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|v| v < 13000);
+    let Device::Cuda(d) = &dev else { unreachable!() };
+    if !old_driver {
+        candle_radam::cuda_supports(d, DType::F32)?;
+        eprintln!(
+            "a_driver_that_cannot_load_the_ptx_fails_at_construction: module loads on {} \
+             (the refusal is checked with CUDA_STANDIN_DRIVER_VERSION=12080 on the stand-in)",
+            device_name(&dev)
+        );
+        return Ok(());
+    }
+    let e = candle_radam::cuda_supports(d, DType::F32).expect_err("the PTX must be refused");
+    assert!(e.to_string().contains("PTX"), "unclear error: {e}");
+    let v = Var::from_tensor(&Tensor::zeros(8, DType::F32, &Device::Cpu)?.to_device(&dev)?)?;
+    let Err(e) = RAdam::new(vec![v], ParamsRAdam::default()) else {
+        panic!("RAdam::new must fail when the driver cannot load the PTX")
+    };
+    assert!(e.to_string().contains("PTX"), "unclear error: {e}");
+    Ok(())
+}
+
+#[test]
+fn standin_refuses_kernels_it_does_not_have() -> Result<()> {
+    let Some(dev) = gpu("standin_refuses_kernels_it_does_not_have") else {
+        return Ok(());
+    };
+    if !device_name(&dev).contains("CPU stand-in") {
+        eprintln!("standin_refuses_kernels_it_does_not_have: not the stand-in, nothing to check");
+        return Ok(());
+    }
+    // candle's own kernels (here its affine kernel) have no host build: the launch must fail
+    // and say which kernel, never return garbage.
+    let t = Tensor::ones(16, DType::F32, &Device::Cpu)?.to_device(&dev)?;
+    let e = t.affine(2.0, 1.0).expect_err("candle's affine kernel cannot run on the stand-in");
+    // (Below candle's own build arch, loading candle's PTX fails first, and says so.)
+    let old_gpu = compute_capability(&dev).0 < 8 && e.to_string().contains("PTX");
+    assert!(e.to_string().contains("affine_f32") || old_gpu, "error does not name the kernel: {e}");
     Ok(())
 }
