@@ -255,7 +255,7 @@ impl ParamGroup {
             let lr = base.lr * s;
             if base.lr.is_finite() && !lr.is_finite() {
                 bail!(
-                    "RAdam: group '{}': its learning rate lr * lr_scale = {} * {s} overflows to {lr}",
+                    "RAdam: group '{}': its learning rate lr * lr_scale = {:e} * {s:e} overflows to {lr}",
                     self.name,
                     base.lr
                 );
