@@ -615,12 +615,17 @@ fn check_moment_pair(name: &str, m: &Tensor, v: &Tensor) -> Result<()> {
     }
     fn first_bad(t: &Tensor, ok: fn(f64) -> bool) -> Result<Option<(usize, f64)>> {
         let t = t.flatten_all()?;
-        let x: Vec<f64> = match t.dtype() {
-            DType::F32 => t.to_vec1::<f32>()?.into_iter().map(f64::from).collect(),
-            DType::F64 => t.to_vec1::<f64>()?,
+        Ok(match t.dtype() {
+            DType::F32 => {
+                let x = t.to_vec1::<f32>()?;
+                x.iter().position(|x| !ok(*x as f64)).map(|i| (i, x[i] as f64))
+            }
+            DType::F64 => {
+                let x = t.to_vec1::<f64>()?;
+                x.iter().position(|x| !ok(*x)).map(|i| (i, x[i]))
+            }
             d => bail!("RAdam state: moments must be f32 or f64, got {d:?}"),
-        };
-        Ok(x.into_iter().enumerate().find(|(_, x)| !ok(*x)))
+        })
     }
     if let Some((i, x)) = first_bad(m, f64::is_finite)? {
         bail!(
