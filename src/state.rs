@@ -260,8 +260,10 @@ impl RAdam {
     }
 
     /// Restores the state saved by [`RAdam::save_state`] for the same variables (shapes and
-    /// dtypes must match, and the file must hold nothing else) and reports what differs
-    /// ([`LoadReport`]). On any error the optimizer is left exactly as it was. The state may come
+    /// dtypes must match, the saved parameter dtype included, and the file must hold nothing
+    /// else) and reports what differs ([`LoadReport`]). Moments no run can produce are refused:
+    /// `exp_avg` must be finite, `exp_avg_sq` finite and `>= 0`, each with its pair. On any error
+    /// the optimizer is left exactly as it was; a damaged file is an error, never a panic. The state may come
     /// from another device (saved on CUDA, loaded on CPU and back).
     ///
     /// How saved variables are found:
@@ -274,8 +276,10 @@ impl RAdam {
     ///   saying so, never a silent wrong mapping. Variables with identical values *and* identical
     ///   saved state (moments and
     ///   step count bit for bit, e.g. frozen norms still at their initial ones) are
-    ///   interchangeable and load in any order. Files from before fingerprints are matched by
-    ///   shape and dtype only, which must then be unique.
+    ///   interchangeable and load in any order (each keeps its own position when that is one of
+    ///   them). Files from before fingerprints are matched by shape and dtype only, which must
+    ///   then be unique (else load them with [`RAdam::new_named`], naming the variables
+    ///   `param.0`, `param.1`, ... in the saved order).
     ///
     /// Per-variable step counts come from the file (files from before them: every variable gets
     /// the saved optimizer step count). Loading into a different grouping is allowed and
