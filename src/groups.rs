@@ -11,7 +11,7 @@
 //! [`Optimizer::set_learning_rate`](candle_nn::Optimizer::set_learning_rate) and schedules built on
 //! it keep working for every group; every other field replaces the optimizer's value.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use candle_core::{bail, Result, Var};
@@ -189,6 +189,45 @@ impl ParamGroup {
         }
     }
 
+    /// Errors unless each exact name of a [`ParamGroup::names`] group, and each pattern of a
+    /// [`ParamGroup::glob`] group, matches at least one of `vars` (the error names the first that
+    /// does not).
+    fn check_every_name_matches(&self, vars: &[(&str, &Var)]) -> Result<()> {
+        match &self.selector {
+            Selector::Names(n) => {
+                let mut unknown: Vec<&String> =
+                    n.iter().filter(|x| !vars.iter().any(|(v, _)| v == x)).collect();
+                unknown.sort();
+                if let Some(x) = unknown.first() {
+                    bail!(
+                        "RAdam: group '{}': no variable is named '{x}' ({} of its {} names match \
+                         none)",
+                        self.name,
+                        unknown.len(),
+                        n.len()
+                    );
+                }
+            }
+            Selector::Glob { set, patterns } => {
+                let mut hit = vec![false; patterns.len()];
+                for (v, _) in vars {
+                    for i in set.matches(v) {
+                        hit[i] = true;
+                    }
+                }
+                if let Some(i) = hit.iter().position(|h| !h) {
+                    bail!(
+                        "RAdam: group '{}': pattern '{}' matches no variable",
+                        self.name,
+                        patterns[i]
+                    );
+                }
+            }
+            Selector::Predicate(_) => {}
+        }
+        Ok(())
+    }
+
     /// The hyper-parameters of this group under the optimizer's `base` (not validated).
     pub fn effective(&self, base: &ParamsRAdam) -> ParamsRAdam {
         ParamsRAdam {
@@ -213,6 +252,14 @@ impl ParamGroup {
             if !(s >= 0.0 && s.is_finite()) {
                 bail!("RAdam: group '{}': lr_scale must be finite and >= 0, got {s}", self.name);
             }
+            let lr = base.lr * s;
+            if base.lr.is_finite() && !lr.is_finite() {
+                bail!(
+                    "RAdam: group '{}': its learning rate lr * lr_scale = {:e} * {s:e} overflows to {lr}",
+                    self.name,
+                    base.lr
+                );
+            }
         }
         self.effective(base)
             .validate()
@@ -232,8 +279,11 @@ pub struct GroupInfo {
 }
 
 /// Assigns every `(name, var)` to the first group that selects it (`groups.len()` for the
-/// default group). Errors if two groups share a name (or use [`DEFAULT_GROUP`]) or a group
-/// selects no variable (a mistyped pattern would otherwise go unnoticed).
+/// default group). Errors if two groups share a name (or use [`DEFAULT_GROUP`]), if a name of a
+/// [`ParamGroup::names`] group or a pattern of a [`ParamGroup::glob`] group matches no variable
+/// (a typo would otherwise go unnoticed; the error names it), or if a group ends up with no
+/// variable: it selects none, or every variable it selects was taken by an earlier group (the
+/// error names them).
 pub(crate) fn assign<'a>(
     groups: &[ParamGroup],
     vars: impl Iterator<Item = (&'a str, &'a Var)>,
@@ -247,18 +297,41 @@ pub(crate) fn assign<'a>(
             bail!("RAdam: group name '{}' is used twice", g.name);
         }
     }
-    let mut used = vec![false; groups.len()];
+    let vars: Vec<(&str, &Var)> = vars.collect();
+    for g in groups {
+        g.check_every_name_matches(&vars)?;
+    }
+    // For each group: how many variables it selects, and the earlier groups that took them.
+    let mut selected = vec![0usize; groups.len()];
+    let mut taken_by: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); groups.len()];
     let out: Vec<usize> = vars
-        .map(|(name, var)| {
-            let i = groups.iter().position(|g| g.matches(name, var)).unwrap_or(groups.len());
-            if i < groups.len() {
-                used[i] = true;
+        .iter()
+        .map(|&(name, var)| {
+            let hits: Vec<usize> =
+                (0..groups.len()).filter(|&i| groups[i].matches(name, var)).collect();
+            for &i in &hits {
+                selected[i] += 1;
+                taken_by[i].insert(hits[0]);
             }
-            i
+            hits.first().copied().unwrap_or(groups.len())
         })
         .collect();
-    if let Some(i) = used.iter().position(|u| !u) {
-        bail!("RAdam: group '{}' selects no variable ({:?})", groups[i].name, groups[i].selector);
+    for (i, g) in groups.iter().enumerate() {
+        if selected[i] == 0 {
+            bail!("RAdam: group '{}' selects no variable ({:?})", g.name, g.selector);
+        }
+        if !out.contains(&i) {
+            let earlier: Vec<String> =
+                taken_by[i].iter().map(|&j| format!("'{}'", groups[j].name)).collect();
+            bail!(
+                "RAdam: group '{}' selects {} variable(s), but every one was taken by the earlier \
+                 group(s) {} (the first group that selects a variable wins): reorder the groups or \
+                 narrow the earlier ones",
+                g.name,
+                selected[i],
+                earlier.join(", ")
+            );
+        }
     }
     Ok(out)
 }

@@ -144,8 +144,9 @@ impl RAdam {
     /// Replaces the parameter groups. Each variable goes to the first group that selects it,
     /// the rest to the default group ([`DEFAULT_GROUP`], the optimizer's own [`ParamsRAdam`]).
     /// Moments and step counts are kept. Errors (changing nothing) if a group's effective
-    /// hyper-parameters are invalid (the error names the group), if a group selects no variable,
-    /// or if two groups share a name.
+    /// hyper-parameters are invalid (the error names the group), if a name or glob pattern of a
+    /// group matches no variable, if a group is left without variables (it selects none, or
+    /// earlier groups took them all: the error names those), or if two groups share a name.
     pub fn set_groups(&mut self, groups: Vec<ParamGroup>) -> Result<()> {
         for g in &groups {
             g.validate(&self.params)?;

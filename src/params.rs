@@ -114,8 +114,10 @@ impl ParamsRAdam {
 /// strictly towards `rho_inf = 2 / (1 - beta2) - 1`, which exceeds 5 exactly when `beta2 > 2/3`.
 /// Written as a comparison of `beta2` so that no `rho` formula is repeated here.
 fn rectification_reachable(beta2: f64) -> bool {
-    // 2 / (1 - b) - 1 > 5  <=>  1 - b < 1/3  <=>  b > 2/3 (for b in [0, 1)).
-    3.0 * beta2 > 2.0
+    // 2 / (1 - b) - 1 > 5  <=>  1 - b < 1/3  <=>  3b - 2 > 0 (for b in [0, 1)). The fused
+    // multiply-add rounds the exact 3b - 2 once, which keeps its sign; `3.0 * b > 2.0` would round
+    // 3b to 2 for the smallest double above 2/3 and refuse it.
+    beta2.mul_add(3.0, -2.0) > 0.0
 }
 
 /// Validates a learning rate (also used by `set_learning_rate`).

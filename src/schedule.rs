@@ -23,7 +23,8 @@
 //! | [`warmup_then`] | linear warmup to `decay(0)`, then `decay(step - warmup)` | HF `get_*_schedule_with_warmup` |
 //!
 //! [`Lambda`] makes any closure a schedule (torch `LambdaLR`). Constructors validate their
-//! arguments and return a clear error.
+//! arguments and return a clear error; the fields are private (read them with the accessors), so
+//! a schedule cannot hold values its constructor would refuse.
 //! The golden values of every schedule against torch's schedulers and fairseq's formula are in
 //! `tests/golden/schedules.json` (generator `tests/golden/gen_schedules.py`), checked to 1e-12
 //! relative by `tests/schedule.rs`.
@@ -90,6 +91,19 @@ impl<S: Schedule + ?Sized> Schedule for &S {
     }
 }
 
+/// Read-only accessors for a schedule's fields: the fields are private so that every value has
+/// gone through the validating constructor.
+macro_rules! getters {
+    ($($field:ident: $ty:ty),*) => {
+        $(
+            #[doc = concat!("`", stringify!($field), "`, as validated by the constructor.")]
+            pub fn $field(&self) -> $ty {
+                self.$field
+            }
+        )*
+    };
+}
+
 fn check_lr(name: &str, lr: f64) -> Result<()> {
     if !(lr.is_finite() && lr >= 0.0) {
         bail!("schedule: {name} must be finite and >= 0, got {lr}")
@@ -125,7 +139,7 @@ fn cos_anneal(start: f64, end: f64, frac: f64) -> f64 {
 /// A constant learning rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Constant {
-    pub lr: f64,
+    lr: f64,
 }
 
 impl Constant {
@@ -133,6 +147,11 @@ impl Constant {
     pub fn new(lr: f64) -> Result<Self> {
         check_lr("lr", lr)?;
         Ok(Self { lr })
+    }
+
+    /// The learning rate.
+    pub fn value(&self) -> f64 {
+        self.lr
     }
 }
 
@@ -175,9 +194,9 @@ impl<F: Fn(u64) -> f64 + Send + Sync> Schedule for Lambda<F> {
 /// `linear_schedule`). A linear warmup (`init < end`) or a linear decay (`init > end`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Linear {
-    pub init: f64,
-    pub end: f64,
-    pub steps: u64,
+    init: f64,
+    end: f64,
+    steps: u64,
 }
 
 impl Linear {
@@ -188,6 +207,8 @@ impl Linear {
         check_steps("steps", steps)?;
         Ok(Self { init, end, steps })
     }
+
+    getters!(init: f64, end: f64, steps: u64);
 }
 
 impl Schedule for Linear {
@@ -209,9 +230,9 @@ impl Schedule for Linear {
 /// warmup; pass 0 for it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InverseSqrt {
-    pub lr: f64,
-    pub warmup_updates: u64,
-    pub warmup_init_lr: f64,
+    lr: f64,
+    warmup_updates: u64,
+    warmup_init_lr: f64,
 }
 
 impl InverseSqrt {
@@ -223,6 +244,12 @@ impl InverseSqrt {
         check_steps("warmup_updates", warmup_updates)?;
         Ok(Self { lr, warmup_updates, warmup_init_lr })
     }
+
+    /// The peak learning rate (fairseq `--lr`), reached at `warmup_updates`.
+    pub fn peak(&self) -> f64 {
+        self.lr
+    }
+    getters!(warmup_updates: u64, warmup_init_lr: f64);
 }
 
 impl Schedule for InverseSqrt {
@@ -244,9 +271,9 @@ impl Schedule for InverseSqrt {
 /// keeps following the cosine back up after `T_max`; this one stays at `floor`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cosine {
-    pub init: f64,
-    pub floor: f64,
-    pub steps: u64,
+    init: f64,
+    floor: f64,
+    steps: u64,
 }
 
 impl Cosine {
@@ -257,6 +284,8 @@ impl Cosine {
         check_steps("steps", steps)?;
         Ok(Self { init, floor, steps })
     }
+
+    getters!(init: f64, floor: f64, steps: u64);
 }
 
 impl Schedule for Cosine {
@@ -266,11 +295,18 @@ impl Schedule for Cosine {
 }
 
 /// `init * gamma^floor(step / step_size)` (torch `StepLR`).
+///
+/// Built only by [`StepDecay::new`], which refuses `step_size = 0`; the fields are private:
+///
+/// ```compile_fail
+/// use candle_radam::schedule::StepDecay;
+/// let s = StepDecay { init: 0.1, step_size: 0, gamma: 0.5 }; // error: private fields
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepDecay {
-    pub init: f64,
-    pub step_size: u64,
-    pub gamma: f64,
+    init: f64,
+    step_size: u64,
+    gamma: f64,
 }
 
 impl StepDecay {
@@ -281,6 +317,8 @@ impl StepDecay {
         check_gamma(gamma)?;
         Ok(Self { init, step_size, gamma })
     }
+
+    getters!(init: f64, step_size: u64, gamma: f64);
 }
 
 impl Schedule for StepDecay {
@@ -293,21 +331,30 @@ impl Schedule for StepDecay {
 /// `piecewise_constant_schedule` with equal scales).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultiStep {
-    pub init: f64,
-    pub milestones: Vec<u64>,
-    pub gamma: f64,
+    init: f64,
+    milestones: Vec<u64>,
+    gamma: f64,
 }
 
 impl MultiStep {
-    /// Errors unless `init` is finite and `>= 0`, `gamma` finite and `> 0`, and the milestones
-    /// strictly increasing.
-    pub fn new(init: f64, milestones: Vec<u64>, gamma: f64) -> Result<Self> {
+    /// The milestones may come in any order (torch's `MultiStepLR` counts them in a `Counter`,
+    /// order-free): they are sorted. Errors unless `init` is finite and `>= 0`, `gamma` finite
+    /// and `> 0`, and no milestone is repeated (torch would apply `gamma` twice there; here it is
+    /// taken for a typo).
+    pub fn new(init: f64, mut milestones: Vec<u64>, gamma: f64) -> Result<Self> {
         check_lr("init", init)?;
         check_gamma(gamma)?;
-        if milestones.windows(2).any(|w| w[0] >= w[1]) {
-            bail!("schedule: milestones must be strictly increasing, got {milestones:?}")
+        milestones.sort_unstable();
+        if let Some(w) = milestones.windows(2).find(|w| w[0] == w[1]) {
+            bail!("schedule: milestone {} is given twice in {milestones:?}", w[0])
         }
         Ok(Self { init, milestones, gamma })
+    }
+
+    getters!(init: f64, gamma: f64);
+    /// The milestones, strictly increasing.
+    pub fn milestones(&self) -> &[u64] {
+        &self.milestones
     }
 }
 
@@ -322,8 +369,8 @@ impl Schedule for MultiStep {
 /// `transition_steps = 1`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Exponential {
-    pub init: f64,
-    pub gamma: f64,
+    init: f64,
+    gamma: f64,
 }
 
 impl Exponential {
@@ -333,6 +380,8 @@ impl Exponential {
         check_gamma(gamma)?;
         Ok(Self { init, gamma })
     }
+
+    getters!(init: f64, gamma: f64);
 }
 
 impl Schedule for Exponential {
@@ -366,18 +415,22 @@ pub enum Anneal {
 /// torch refuses steps past `total_steps`; here steps `>= total_steps - 1` give `min`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OneCycle {
-    pub max_lr: f64,
-    pub total_steps: u64,
-    pub pct_start: f64,
-    pub anneal: Anneal,
-    pub div_factor: f64,
-    pub final_div_factor: f64,
-    pub three_phase: bool,
+    max_lr: f64,
+    total_steps: u64,
+    pct_start: f64,
+    anneal: Anneal,
+    div_factor: f64,
+    final_div_factor: f64,
+    three_phase: bool,
 }
 
 impl OneCycle {
     /// torch's defaults: `pct_start = 0.3`, cosine annealing, `div_factor = 25`,
-    /// `final_div_factor = 1e4`, two phases. Errors as [`OneCycle::validate`].
+    /// `final_div_factor = 1e4`, two phases (change them with the `with_*` methods). Errors unless
+    /// `max_lr` is finite and `>= 0`, `total_steps >= 1`, `pct_start` in [0, 1], both div factors
+    /// finite and `> 0`, and `pct_start * total_steps != 1` (then the first phase is empty and
+    /// torch gives 0/0 = NaN at step 0). Like torch, a first phase that ends before step 0
+    /// (`pct_start * total_steps < 1`) is allowed: the schedule then starts annealing down.
     pub fn new(max_lr: f64, total_steps: u64) -> Result<Self> {
         let s = Self {
             max_lr,
@@ -392,11 +445,47 @@ impl OneCycle {
         Ok(s)
     }
 
+    /// With the fraction of the steps spent going up (torch `pct_start`). Errors unless it is in
+    /// [0, 1] and `pct_start * total_steps != 1` (see [`OneCycle::new`]).
+    pub fn with_pct_start(self, pct_start: f64) -> Result<Self> {
+        let s = Self { pct_start, ..self };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// With another annealing strategy (torch `anneal_strategy`).
+    pub fn with_anneal(self, anneal: Anneal) -> Self {
+        Self { anneal, ..self }
+    }
+
+    /// With `initial = max_lr / div_factor` and `min = initial / final_div_factor` (torch
+    /// `div_factor`, `final_div_factor`). Errors unless both are finite and `> 0`.
+    pub fn with_div_factors(self, div_factor: f64, final_div_factor: f64) -> Result<Self> {
+        let s = Self { div_factor, final_div_factor, ..self };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// With or without torch's `three_phase` (back down to `initial` before the final decay).
+    pub fn with_three_phase(self, three_phase: bool) -> Self {
+        Self { three_phase, ..self }
+    }
+
+    getters!(
+        max_lr: f64,
+        total_steps: u64,
+        pct_start: f64,
+        anneal: Anneal,
+        div_factor: f64,
+        final_div_factor: f64,
+        three_phase: bool
+    );
+
     /// Errors unless `max_lr` is finite and `>= 0`, `total_steps >= 1`, `pct_start` in [0, 1],
     /// both div factors finite and `> 0`, and `pct_start * total_steps != 1` (then the first phase
     /// is empty and torch gives 0/0 = NaN at step 0). Like torch, a first phase that ends before
     /// step 0 (`pct_start * total_steps < 1`) is allowed: the schedule then starts annealing down.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check_lr("max_lr", self.max_lr)?;
         check_steps("total_steps", self.total_steps)?;
         if !(0.0..=1.0).contains(&self.pct_start) {
@@ -549,9 +638,14 @@ pub fn apply<S: Schedule + ?Sized, O: Optimizer>(
 /// count. Wraps any [`candle_nn::Optimizer`]. Save [`Scheduled::step_count`] with the
 /// optimizer's state and resume with [`Scheduled::resume`].
 ///
-/// The count advances on every step the inner optimizer accepts, including steps it decides to
-/// skip (e.g. [`crate::NonFinite::Skip`]); to follow only applied updates, drive the lr with
-/// [`apply`] and the optimizer's own count instead.
+/// The count is torch's: one per `scheduler.step()`, i.e. one per call to [`Scheduled::step`]
+/// that the inner optimizer accepted (returned `Ok`), **including** calls in which it changed
+/// nothing: a call without any gradient, or a step it skipped ([`crate::NonFinite::Skip`]). So it
+/// can run ahead of [`crate::RAdam::step_count`], which counts applied updates only (fairseq's
+/// `num_updates`, which does not count overflow-skipped steps). To resume exactly, save
+/// [`Scheduled::step_count`] with the optimizer's state and pass it to [`Scheduled::resume`]; to
+/// follow applied updates instead (fairseq), drive the lr with [`apply`] and
+/// `radam.step_count()`, which the state file restores.
 pub struct Scheduled<O, S> {
     opt: O,
     schedule: S,
@@ -564,9 +658,10 @@ impl<O: Optimizer, S: Schedule> Scheduled<O, S> {
         Self::resume(opt, schedule, 0)
     }
 
-    /// Continues a run that has taken `step` updates (save [`Scheduled::step_count`] with the
-    /// optimizer's state; for [`crate::RAdam`] without skipped steps it equals its
-    /// `step_count()`).
+    /// Continues a run whose [`Scheduled::step_count`] was `step` when it was saved: the next
+    /// step uses `schedule.lr(step)`. This is the wrapper's own count (see [`Scheduled`]), which
+    /// equals [`crate::RAdam::step_count`] only if every step had a gradient and none was
+    /// skipped; save it next to the optimizer's state.
     pub fn resume(opt: O, schedule: S, step: u64) -> Self {
         Self { opt, schedule, step }
     }
@@ -586,7 +681,8 @@ impl<O: Optimizer, S: Schedule> Scheduled<O, S> {
         self.step(&grads)
     }
 
-    /// Updates taken (the step the schedule is evaluated at next).
+    /// Accepted calls to [`Scheduled::step`] so far, empty and skipped ones included (the step
+    /// the schedule is evaluated at next).
     pub fn step_count(&self) -> u64 {
         self.step
     }

@@ -11,8 +11,9 @@
 //!   `rectify` (booleans as 0 / 1);
 //! - `radam.step` and `radam.skipped`: i64 `[1]`, the optimizer's step and skipped-step counts.
 //!
-//! Files written before per-variable steps (no `radam.var.*`, `radam.group.*`) still load: every
-//! variable then gets `radam.step` as its step count.
+//! Files written before per-variable steps (no `radam.var.*`, `radam.group.*`) load by name, and
+//! by shape and dtype into a [`RAdam::new`] optimizer when those are unique: every variable then
+//! gets `radam.step` as its step count.
 //!
 //! The hyper-parameters are restored from the training script, not from the file: the saved
 //! groups only serve to report a different grouping ([`LoadReport`]).
@@ -73,6 +74,17 @@ fn dtype_code(d: DType) -> i64 {
         DType::F16 => 2,
         DType::BF16 => 3,
         _ => -1,
+    }
+}
+
+/// The dtype a saved record's code stands for (codes as in [`dtype_code`]).
+fn dtype_name(code: i64) -> &'static str {
+    match code {
+        0 => "F32",
+        1 => "F64",
+        2 => "F16",
+        3 => "BF16",
+        _ => "unknown",
     }
 }
 
@@ -204,8 +216,13 @@ impl RAdam {
     /// Writes the moments, step counts, variable fingerprints and groups to `path` (safetensors;
     /// layout in the `state` module docs). The file is written next to its destination and
     /// renamed into place, so a crash never leaves a truncated state file.
+    ///
+    /// Errors (writing nothing) if `path` is a directory or names no file.
     pub fn save_state<P: AsRef<Path>>(&self, path: P) -> Result<()> {
         let path = path.as_ref();
+        if path.is_dir() {
+            bail!("RAdam: cannot save the state to {path:?}: it is a directory (give a file name)");
+        }
         let hashes = self
             .slots
             .par_iter()
@@ -230,9 +247,7 @@ impl RAdam {
         tensors.insert(STEP.to_string(), counter(self.t)?);
         tensors.insert(SKIPPED.to_string(), counter(self.skipped)?);
 
-        let file_name =
-            path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+        let tmp = temp_path(path)?;
         let written = candle_core::safetensors::save(&tensors, &tmp).and_then(|()| {
             std::fs::rename(&tmp, path).map_err(|e| {
                 candle_core::Error::Msg(format!("RAdam: renaming {tmp:?} to {path:?}: {e}"))
@@ -245,8 +260,10 @@ impl RAdam {
     }
 
     /// Restores the state saved by [`RAdam::save_state`] for the same variables (shapes and
-    /// dtypes must match, and the file must hold nothing else) and reports what differs
-    /// ([`LoadReport`]). On any error the optimizer is left exactly as it was. The state may come
+    /// dtypes must match, the saved parameter dtype included, and the file must hold nothing
+    /// else) and reports what differs ([`LoadReport`]). Moments no run can produce are refused:
+    /// `exp_avg` must be finite, `exp_avg_sq` finite and `>= 0`, each with its pair. On any error
+    /// the optimizer is left exactly as it was; a damaged file is an error, never a panic. The state may come
     /// from another device (saved on CUDA, loaded on CPU and back).
     ///
     /// How saved variables are found:
@@ -259,8 +276,10 @@ impl RAdam {
     ///   saying so, never a silent wrong mapping. Variables with identical values *and* identical
     ///   saved state (moments and
     ///   step count bit for bit, e.g. frozen norms still at their initial ones) are
-    ///   interchangeable and load in any order. Files from before fingerprints are matched by
-    ///   shape and dtype only, which must then be unique.
+    ///   interchangeable and load in any order (each keeps its own position when that is one of
+    ///   them). Files from before fingerprints are matched by shape and dtype only, which must
+    ///   then be unique (else load them with [`RAdam::new_named`], naming the variables
+    ///   `param.0`, `param.1`, ... in the saved order).
     ///
     /// Per-variable step counts come from the file (files from before them: every variable gets
     /// the saved optimizer step count). Loading into a different grouping is allowed and
@@ -313,8 +332,20 @@ impl RAdam {
         }
         let legacy = records.is_empty() && groups.is_empty();
         // The saved variables, by name: every `exp_avg.X` (its pair is checked below).
-        let saved: Vec<String> =
+        let mut saved: Vec<String> =
             file.keys().filter_map(|k| k.strip_prefix("exp_avg.").map(str::to_string)).collect();
+        saved.sort();
+        // Every moment has its pair, and the pair is possible (before anything indexes them).
+        for name in &saved {
+            let m = file.get(&m_key(name)).ok_or_else(|| missing(path, &m_key(name)))?;
+            let v = file.get(&v_key(name)).ok_or_else(|| missing(path, &v_key(name)))?;
+            check_moment_pair(name, m, v)?;
+        }
+        if let Some(name) = file.keys().filter_map(|k| k.strip_prefix("exp_avg_sq.")).min() {
+            if !file.contains_key(&m_key(name)) {
+                return Err(missing(path, &m_key(name)));
+            }
+        }
         if !legacy {
             for name in &saved {
                 let Some(r) = records.get(name) else {
@@ -333,6 +364,19 @@ impl RAdam {
         let source: Vec<String> = if self.positional {
             self.match_by_fingerprint(&file, &saved, &records, legacy, path)?
         } else {
+            for s in &self.slots {
+                if let Some(r) = records.get(&s.name) {
+                    if r.dtype != dtype_code(s.var.dtype()) {
+                        bail!(
+                            "RAdam state: '{}' was saved for a {} variable, but it is {:?} now \
+                             (shapes and dtypes must match)",
+                            s.name,
+                            dtype_name(r.dtype),
+                            s.var.dtype()
+                        );
+                    }
+                }
+            }
             self.slots.iter().map(|s| s.name.clone()).collect()
         };
 
@@ -411,6 +455,12 @@ impl RAdam {
                       process): load the model weights before the optimizer state, or build the \
                       optimizer with RAdam::from_varmap / RAdam::new_named so that state is \
                       matched by name";
+        let legacy_advice = "this file predates fingerprints, so variables of the same shape and \
+                             dtype cannot be told apart in an RAdam::new optimizer: load it into \
+                             an optimizer built with RAdam::new_named, naming the variables \
+                             'param.0', 'param.1', ... in the order they had when the state was \
+                             saved (RAdam::from_varmap cannot load it: its names differ), then \
+                             save it again in the current format";
         let mut used = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(self.slots.len());
         for (s, h) in self.slots.iter().zip(hashes) {
@@ -418,13 +468,12 @@ impl RAdam {
             let candidates: Vec<&String> = saved
                 .iter()
                 .filter(|n| {
-                    let m = &file[&m_key(n)];
-                    m.dims() == s.var.dims()
-                        && m.dtype() == want
-                        && (legacy || {
-                            let r = &records[n.as_str()];
-                            r.dtype == dtype_code(s.var.dtype()) && r.hash == h
-                        })
+                    file.get(&m_key(n))
+                        .is_some_and(|m| m.dims() == s.var.dims() && m.dtype() == want)
+                        && (legacy
+                            || records.get(n.as_str()).is_some_and(|r| {
+                                r.dtype == dtype_code(s.var.dtype()) && r.hash == h
+                            }))
                 })
                 .collect();
             let what = if legacy {
@@ -434,16 +483,27 @@ impl RAdam {
             };
             // Several candidates whose saved state is identical (moments bit for bit, step count):
             // e.g. frozen LayerNorms still at their initial ones. Any of them is the right state.
+            let same = |key: fn(&str) -> String, a: &str, b: &str| match (
+                file.get(&key(a)),
+                file.get(&key(b)),
+            ) {
+                (Some(x), Some(y)) => same_bits(x, y),
+                _ => false,
+            };
             let interchangeable = candidates.len() > 1
                 && candidates.iter().all(|c| {
                     records.get(c.as_str()).map(|r| r.step)
                         == records.get(candidates[0].as_str()).map(|r| r.step)
-                        && same_bits(&file[&m_key(c)], &file[&m_key(candidates[0])])
-                        && same_bits(&file[&v_key(c)], &file[&v_key(candidates[0])])
+                        && same(m_key, c, candidates[0])
+                        && same(v_key, c, candidates[0])
                 });
             let free: Vec<&&String> =
                 candidates.iter().filter(|c| !used.contains(c.as_str())).collect();
-            match (candidates.as_slice(), free.first()) {
+            // Among equal candidates, the variable's own position first: an unchanged order is
+            // then reported as such.
+            let pick = free.iter().find(|c| c.as_str() == s.name).or(free.first());
+            let advice = if legacy { legacy_advice } else { advice };
+            match (candidates.as_slice(), pick) {
                 ([_], Some(one)) => {
                     used.insert(one.as_str());
                     out.push(one.to_string())
@@ -520,6 +580,72 @@ fn same_bits(a: &Tensor, b: &Tensor) -> bool {
         }
     }
     a.dims() == b.dims() && a.dtype() == b.dtype() && bits(a).is_some_and(|x| bits(b) == Some(x))
+}
+
+/// A temporary file next to `path`, unique to this call (process id, thread, call counter), so
+/// that concurrent saves to the same path never write the same temporary file.
+fn temp_path(path: &Path) -> Result<std::path::PathBuf> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(file_name) = path.file_name() else {
+        bail!("RAdam: cannot save the state to {path:?}: it names no file");
+    };
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let thread = {
+        let mut h = fnv::FnvHasher::default();
+        std::hash::Hash::hash(&std::thread::current().id(), &mut h);
+        h.finish()
+    };
+    Ok(path.with_file_name(format!(
+        ".{}.tmp-{}-{thread:x}-{call}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+/// Checks a saved moment pair: same shape and dtype (f32 or f64), `exp_avg` finite and
+/// `exp_avg_sq` finite and `>= 0` (a running mean of squares; a negative or NaN one would turn
+/// the parameter into NaN at the first rectified step).
+fn check_moment_pair(name: &str, m: &Tensor, v: &Tensor) -> Result<()> {
+    if m.dims() != v.dims() || m.dtype() != v.dtype() {
+        bail!(
+            "RAdam state: '{}' is {:?} {:?} but '{}' is {:?} {:?}",
+            m_key(name),
+            m.dtype(),
+            m.dims(),
+            v_key(name),
+            v.dtype(),
+            v.dims()
+        );
+    }
+    fn first_bad(t: &Tensor, ok: fn(f64) -> bool) -> Result<Option<(usize, f64)>> {
+        let t = t.flatten_all()?;
+        Ok(match t.dtype() {
+            DType::F32 => {
+                let x = t.to_vec1::<f32>()?;
+                x.iter().position(|x| !ok(*x as f64)).map(|i| (i, x[i] as f64))
+            }
+            DType::F64 => {
+                let x = t.to_vec1::<f64>()?;
+                x.iter().position(|x| !ok(*x)).map(|i| (i, x[i]))
+            }
+            d => bail!("RAdam state: moments must be f32 or f64, got {d:?}"),
+        })
+    }
+    if let Some((i, x)) = first_bad(m, f64::is_finite)? {
+        bail!(
+            "RAdam state: '{}' holds {x} at index {i}: a first moment must be finite (damaged \
+             file?)",
+            m_key(name)
+        );
+    }
+    if let Some((i, x)) = first_bad(v, |x| x.is_finite() && x >= 0.0)? {
+        bail!(
+            "RAdam state: '{}' holds {x} at index {i}: a second moment must be finite and >= 0 \
+             (damaged file?)",
+            v_key(name)
+        );
+    }
+    Ok(())
 }
 
 fn missing(path: &Path, key: &str) -> candle_core::Error {

@@ -158,3 +158,24 @@ fn edges_of_the_domain() {
     assert!((far / inf - 1.0).abs() < 1e-15, "{far} vs {inf}");
     assert!((rectification(far, inf) - 1.0).abs() < 1e-15);
 }
+
+/// `validate` refuses `beta2 <= 2/3` without the SGD fallback (the rectified branch is never
+/// taken), decided exactly: the smallest double above 2/3 is accepted (`3.0 * beta2` rounds to 2
+/// there, which used to refuse it) and its `rho_t` does exceed 5; the double just below is
+/// refused and its `rho_t` never does.
+#[test]
+fn rectification_reachable_at_both_neighbours_of_two_thirds() {
+    let below = f64::from_bits(0x3fe5555555555555);
+    let above = f64::from_bits(0x3fe5555555555556);
+    assert!(below < 2.0 / 3.0 + f64::EPSILON && above > below);
+    let strict = |beta2| ParamsRAdam { beta2, degenerate_to_sgd: false, ..Default::default() };
+
+    strict(above).validate().expect("rho_t > 5 is reachable for the double above 2/3");
+    let first = (1..10_000u64).find(|&t| rho_t(above, t) > RHO_THRESHOLD);
+    assert!(first.is_some_and(|t| t < 1000), "{first:?}");
+
+    let e = strict(below).validate().unwrap_err().to_string();
+    assert!(e.contains("the rectified step is never taken"), "{e}");
+    assert!(rho_inf(below) <= RHO_THRESHOLD, "{}", rho_inf(below));
+    assert!((1..100_000u64).all(|t| rho_t(below, t) <= RHO_THRESHOLD));
+}

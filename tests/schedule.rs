@@ -46,19 +46,19 @@ fn build(kind: &str, a: &Value) -> Box<dyn Schedule> {
         }
         "exponential" => Box::new(Exponential::new(f(a, "init"), f(a, "gamma")).unwrap()),
         "one_cycle" => {
-            let s = OneCycle {
-                pct_start: f(a, "pct_start"),
-                anneal: match a["anneal"].as_str().unwrap() {
-                    "cos" => Anneal::Cos,
-                    "linear" => Anneal::Linear,
-                    other => panic!("anneal {other}"),
-                },
-                div_factor: f(a, "div_factor"),
-                final_div_factor: f(a, "final_div_factor"),
-                three_phase: a["three_phase"].as_bool().unwrap(),
-                ..OneCycle::new(f(a, "max_lr"), u(a, "total_steps")).unwrap()
+            let anneal = match a["anneal"].as_str().unwrap() {
+                "cos" => Anneal::Cos,
+                "linear" => Anneal::Linear,
+                other => panic!("anneal {other}"),
             };
-            s.validate().unwrap();
+            let s = OneCycle::new(f(a, "max_lr"), u(a, "total_steps"))
+                .unwrap()
+                .with_pct_start(f(a, "pct_start"))
+                .unwrap()
+                .with_anneal(anneal)
+                .with_div_factors(f(a, "div_factor"), f(a, "final_div_factor"))
+                .unwrap()
+                .with_three_phase(a["three_phase"].as_bool().unwrap());
             Box::new(s)
         }
         "warmup_linear" => {
@@ -149,24 +149,18 @@ fn arguments_are_validated() {
         (msg(StepDecay::new(1.0, 0, 0.1).map(drop)), "step_size must be >= 1"),
         (msg(StepDecay::new(1.0, 3, 0.0).map(drop)), "gamma must be finite and > 0"),
         (msg(Exponential::new(1.0, -0.5).map(drop)), "gamma must be finite and > 0"),
-        (msg(MultiStep::new(1.0, vec![5, 5], 0.1).map(drop)), "strictly increasing"),
+        (msg(MultiStep::new(1.0, vec![5, 3, 5], 0.1).map(drop)), "milestone 5 is given twice"),
         (msg(OneCycle::new(0.01, 0).map(drop)), "total_steps must be >= 1"),
+        (msg(OneCycle::new(0.1, 2).unwrap().with_pct_start(0.5).map(drop)), "empty first phase"),
+        (msg(OneCycle::new(0.1, 100).unwrap().with_pct_start(1.5).map(drop)), "pct_start"),
         (
-            msg(OneCycle { pct_start: 0.5, ..OneCycle::new(0.1, 2).unwrap() }.validate()),
-            "empty first phase",
-        ),
-        (
-            msg(OneCycle { pct_start: 1.5, ..OneCycle::new(0.1, 100).unwrap() }.validate()),
-            "pct_start",
-        ),
-        (
-            msg(OneCycle { div_factor: 0.0, ..OneCycle::new(0.1, 100).unwrap() }.validate()),
+            msg(OneCycle::new(0.1, 100).unwrap().with_div_factors(0.0, 1e4).map(drop)),
             "div_factor must be finite and > 0",
         ),
         (msg(Join::new(vec![], vec![]).map(drop)), "one more schedule than boundaries"),
         (
             msg(Join::new(
-                vec![Box::new(Constant { lr: 1.0 }), Box::new(Constant { lr: 2.0 })],
+                vec![Box::new(Constant::new(1.0).unwrap()), Box::new(Constant::new(2.0).unwrap())],
                 vec![0],
             )
             .map(drop)),
@@ -230,5 +224,72 @@ fn driver_sets_lr_before_each_step_for_any_optimizer() -> candle_core::Result<()
     assert_eq!(resumed.next_lr(), cos.lr(3));
     assert_eq!(resumed.into_inner().step_count(), 3);
     let _ = DType::F32;
+    Ok(())
+}
+
+/// Milestones in any order give torch's `MultiStepLR` values (torch counts them order-free):
+/// `[50, 10]` at step 20 has passed one milestone. The fields are private, so an unsorted list
+/// cannot bypass the constructor; the accessors read the sorted values.
+#[test]
+fn multistep_milestones_in_any_order_are_sorted() {
+    let m = MultiStep::new(0.1, vec![50, 10], 0.1).unwrap();
+    assert_eq!(m.milestones(), [10, 50]);
+    let sorted = MultiStep::new(0.1, vec![10, 50], 0.1).unwrap();
+    for step in [0, 9, 10, 20, 49, 50, 1000] {
+        assert_eq!(m.lr(step), sorted.lr(step), "step {step}");
+    }
+    assert!((m.lr(20) - 0.01).abs() < 1e-15, "{}", m.lr(20));
+    let s = StepDecay::new(0.1, 3, 0.5).unwrap();
+    assert_eq!((s.init(), s.step_size(), s.gamma()), (0.1, 3, 0.5));
+    let c = OneCycle::new(0.1, 100).unwrap().with_three_phase(true).with_anneal(Anneal::Linear);
+    assert_eq!((c.pct_start(), c.three_phase(), c.anneal()), (0.3, true, Anneal::Linear));
+}
+
+/// `Scheduled` counts as torch's scheduler does: every accepted `step` call, including calls in
+/// which RAdam changed nothing (no gradient at all, or a step skipped for non-finite gradients),
+/// which RAdam's `step_count` (applied updates, fairseq's `num_updates`) does not count. Resuming
+/// from the saved `Scheduled::step_count` continues the lr sequence exactly.
+#[test]
+fn scheduled_counts_every_accepted_call_and_resumes_exactly() -> candle_core::Result<()> {
+    let params = ParamsRAdam { non_finite: candle_radam::NonFinite::Skip, ..Default::default() };
+    let schedule = Linear::new(0.0, 1.0, 10)?;
+    let run = |calls: &[&str], w: &Var, opt: &mut Scheduled<RAdam, Linear>| {
+        let mut lrs = vec![];
+        for c in calls {
+            let mut g = candle_core::backprop::GradStore::default();
+            match *c {
+                "grad" => g.insert(w, Tensor::new(&[1f32], &Device::Cpu).unwrap()),
+                "nan" => g.insert(w, Tensor::new(&[f32::NAN], &Device::Cpu).unwrap()),
+                _ => None,
+            };
+            lrs.push(opt.next_lr());
+            opt.step(&g).unwrap();
+        }
+        lrs
+    };
+    let calls = ["grad", "empty", "grad", "nan", "grad", "grad", "empty", "grad"];
+    let w = Var::new(&[1f32], &Device::Cpu)?;
+    let mut whole = Scheduled::new(RAdam::new(vec![w.clone()], params.clone())?, schedule);
+    let all = run(&calls, &w, &mut whole);
+    // The reviewer's sequence: grad, empty, grad -> 3 calls, 2 updates.
+    assert_eq!(all[..3], [0.0, 0.1, 0.2]);
+    assert_eq!((whole.step_count(), whole.optimizer().step_count()), (8, 5));
+    assert_eq!(whole.optimizer().skipped_steps(), 1);
+
+    // Stop after 4 calls, save the state and the count, resume in a new optimizer.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    let w2 = Var::new(&[1f32], &Device::Cpu)?;
+    let mut first = Scheduled::new(RAdam::new(vec![w2.clone()], params.clone())?, schedule);
+    let mut lrs = run(&calls[..4], &w2, &mut first);
+    let saved = first.step_count();
+    assert_eq!((saved, first.optimizer().step_count()), (4, 2));
+    first.optimizer().save_state(&path)?;
+    let mut radam = RAdam::new(vec![w2.clone()], params)?;
+    radam.load_state(&path)?;
+    let mut resumed = Scheduled::resume(radam, schedule, saved);
+    lrs.extend(run(&calls[4..], &w2, &mut resumed));
+    assert_eq!(lrs, all);
+    assert_eq!(w2.as_tensor().to_vec1::<f32>()?, w.as_tensor().to_vec1::<f32>()?);
     Ok(())
 }

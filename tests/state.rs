@@ -272,8 +272,18 @@ fn legacy_state_files_still_load() {
     write_legacy(&path, &old_same, 4);
     let mut q = RAdam::new(vec![var(12, 1), var(12, 2)], ParamsRAdam::default()).unwrap();
     let e = err_text(q.load_state(&path));
-    assert!(e.contains("predates fingerprints") && e.contains("new_named"), "{e}");
+    for needle in [
+        "predates fingerprints",
+        "RAdam::new_named, naming the variables 'param.0', 'param.1', ... in the order",
+        "RAdam::from_varmap cannot load it",
+    ] {
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
     assert_eq!(q.step_count(), 0);
+    // The advice works: by name, in the saved order.
+    let mut r = RAdam::new_named(old_same.clone(), ParamsRAdam::default()).unwrap();
+    assert!(r.load_state(&path).unwrap().legacy);
+    assert_eq!(r.var_step_count("param.1"), Some(4));
 }
 
 /// Loading into a different grouping works and is reported, group by group.
@@ -316,4 +326,194 @@ fn a_different_grouping_is_reported() {
     let report = other.load_state(&path).unwrap();
     assert_eq!(report.group_changes, ["3 variable(s) group 'no_decay': lr_scale 1 -> 0.1"]);
     assert!(format!("{report}").contains("lr_scale 1 -> 0.1"));
+}
+
+/// A named optimizer over `a` (3 values) and `b` (2 values), stepped once, and its state file.
+fn one_step_file(dir: &std::path::Path) -> (std::path::PathBuf, Var, Var) {
+    let (a, b) = (var(3, 1), var(2, 2));
+    let mut opt = RAdam::new_named(
+        vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+        ParamsRAdam::default(),
+    )
+    .unwrap();
+    train(&mut opt, &[a.clone(), b.clone()], &[1, 2], 1..=1);
+    let path = dir.join("s.safetensors");
+    opt.save_state(&path).unwrap();
+    (path, a, b)
+}
+
+/// Rewrites tensor `key` of the state file at `path` (`None` drops it).
+fn edit_file(path: &std::path::Path, key: &str, x: Option<Tensor>) {
+    let mut t = candle_core::safetensors::load(path, &DEV).unwrap();
+    match x {
+        Some(x) => t.insert(key.into(), x),
+        None => t.remove(key),
+    };
+    candle_core::safetensors::save(&t, path).unwrap();
+}
+
+/// A moment no run can produce (`exp_avg_sq` negative, NaN or inf in either moment) is refused
+/// with an error naming the tensor and the value, and nothing changes (accepted, a negative
+/// `exp_avg_sq` turned the parameter into NaN at the first rectified step).
+#[test]
+fn impossible_moments_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, [f32; 2], &str); 6] = [
+        (
+            "exp_avg_sq.b",
+            [-1.0, 1.0],
+            "'exp_avg_sq.b' holds -1 at index 0: a second moment must be finite and >= 0",
+        ),
+        ("exp_avg_sq.b", [1.0, f32::NAN], "'exp_avg_sq.b' holds NaN at index 1"),
+        ("exp_avg_sq.b", [f32::INFINITY, 1.0], "'exp_avg_sq.b' holds inf at index 0"),
+        (
+            "exp_avg.b",
+            [f32::NAN, 1.0],
+            "'exp_avg.b' holds NaN at index 0: a first moment must be finite",
+        ),
+        ("exp_avg.b", [0.5, f32::NEG_INFINITY], "'exp_avg.b' holds -inf at index 1"),
+        ("exp_avg_sq.b", [-1e-30, 0.0], "holds -0.000000000000000000000000000001"),
+    ];
+    for (key, x, want) in cases {
+        let (path, a, b) = one_step_file(dir.path());
+        edit_file(&path, key, Some(Tensor::new(&x, &DEV).unwrap()));
+        let mut opt =
+            RAdam::new_named(vec![("a".into(), a), ("b".into(), b)], ParamsRAdam::default())
+                .unwrap();
+        let e = err_text(opt.load_state(&path));
+        assert!(e.contains(want), "{key} {x:?}: {e}");
+        assert_eq!((opt.step_count(), opt.var_step_count("b")), (0, Some(0)));
+    }
+    // The reviewer's file: a NaN first moment of `a`.
+    let (path, a, b) = one_step_file(dir.path());
+    edit_file(&path, "exp_avg.a", Some(Tensor::new(&[f32::NAN, 1.0, 1.0], &DEV).unwrap()));
+    let mut opt =
+        RAdam::new_named(vec![("a".into(), a), ("b".into(), b)], ParamsRAdam::default()).unwrap();
+    assert!(err_text(opt.load_state(&path)).contains("'exp_avg.a' holds NaN at index 0"));
+    // Zero and -0 second moments are possible (a zero gradient) and load.
+    let (path, a, b) = one_step_file(dir.path());
+    edit_file(&path, "exp_avg_sq.b", Some(Tensor::new(&[0f32, -0.0], &DEV).unwrap()));
+    let mut opt =
+        RAdam::new_named(vec![("a".into(), a), ("b".into(), b)], ParamsRAdam::default()).unwrap();
+    assert!(opt.load_state(&path).unwrap().is_clean());
+}
+
+/// "Shapes and dtypes must match", by name as by position: state saved for an f32 `a` does not
+/// load into an f16 `a` (both have f32 moments, so only the saved record tells).
+#[test]
+fn state_for_another_param_dtype_is_refused_by_name_and_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, a, b) = one_step_file(dir.path());
+    let half = Var::from_tensor(&a.as_tensor().to_dtype(DType::F16).unwrap()).unwrap();
+    let mut opt = RAdam::new_named(
+        vec![("a".into(), half.clone()), ("b".into(), b.clone())],
+        ParamsRAdam::default(),
+    )
+    .unwrap();
+    let e = err_text(opt.load_state(&path));
+    assert!(e.contains("'a' was saved for a F32 variable, but it is F16 now"), "{e}");
+    assert_eq!(opt.var_step_count("b"), Some(0));
+
+    let mut pos = RAdam::new(vec![a.clone(), b.clone()], ParamsRAdam::default()).unwrap();
+    train(&mut pos, &[a.clone(), b.clone()], &[1, 2], 1..=1);
+    pos.save_state(&path).unwrap();
+    let mut other = RAdam::new(vec![half, b], ParamsRAdam::default()).unwrap();
+    let e = err_text(other.load_state(&path));
+    assert!(e.contains("no variable saved") && e.contains("F16"), "{e}");
+}
+
+/// A positional file with interchangeable variables (two identical never-stepped vars) missing
+/// one moment of one of them: a clear error naming the tensor, never a panic (the interchangeable
+/// check used to index the missing `exp_avg_sq`).
+#[test]
+fn positional_file_missing_a_moment_of_interchangeable_vars_is_an_error() {
+    let ones = || Var::from_tensor(&Tensor::ones(2, DType::F32, &DEV).unwrap()).unwrap();
+    let (x, y, z) = (ones(), ones(), var(2, 3));
+    let mut opt =
+        RAdam::new(vec![x.clone(), y.clone(), z.clone()], ParamsRAdam::default()).unwrap();
+    let mut g = GradStore::default();
+    g.insert(&z, Tensor::ones(2, DType::F32, &DEV).unwrap());
+    opt.step(&g).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    opt.save_state(&good).unwrap();
+    for (key, want) in [
+        ("exp_avg_sq.param.1", "has no 'exp_avg_sq.param.1'"),
+        ("exp_avg.param.1", "has 'radam.var.param.1' but no 'exp_avg.param.1'"),
+        ("exp_avg_sq.param.0", "has no 'exp_avg_sq.param.0'"),
+    ] {
+        let path = dir.path().join("bad.safetensors");
+        std::fs::copy(&good, &path).unwrap();
+        edit_file(&path, key, None);
+        let mut fresh =
+            RAdam::new(vec![x.clone(), y.clone(), z.clone()], ParamsRAdam::default()).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fresh.load_state(&path)));
+        let e = err_text(r.unwrap_or_else(|_| panic!("load_state panicked without {key}")));
+        assert!(e.contains(want), "{key}: {e}");
+        assert_eq!(fresh.step_count(), 0);
+    }
+}
+
+/// Among interchangeable variables each keeps its own position when the order is unchanged, so
+/// the report is clean (it used to say "matched under another position", by hash-map order).
+#[test]
+fn unchanged_order_with_interchangeable_vars_loads_clean() {
+    let ones = || Var::from_tensor(&Tensor::ones(8, DType::F32, &DEV).unwrap()).unwrap();
+    let vars = vec![ones(), ones(), var(8, 4), ones()];
+    let mut opt = RAdam::new(vars.clone(), ParamsRAdam::default()).unwrap();
+    let mut g = GradStore::default();
+    g.insert(&vars[2], grad(&vars[2], 7, 1));
+    opt.step(&g).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    opt.save_state(&path).unwrap();
+    for _ in 0..16 {
+        let mut again = RAdam::new(vars.clone(), ParamsRAdam::default()).unwrap();
+        let report = again.load_state(&path).unwrap();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(again.var_step_count("param.2"), Some(1));
+    }
+}
+
+/// `save_state` to a directory is refused up front, writing nothing (it used to leave its
+/// temporary file in the parent directory); concurrent saves to one path never share a temporary
+/// file, so every one succeeds and the file loads.
+#[test]
+fn save_state_refuses_a_directory_and_concurrent_saves_do_not_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("ckpt");
+    std::fs::create_dir(&target).unwrap();
+    let (a, b) = (var(3, 1), var(2, 2));
+    let opt = RAdam::new(vec![a.clone(), b.clone()], ParamsRAdam::default()).unwrap();
+    let e = err_text(opt.save_state(&target));
+    assert!(e.contains("is a directory"), "{e}");
+    let listing = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    assert_eq!(listing(dir.path()), ["ckpt"]);
+    assert!(listing(&target).is_empty());
+
+    let path = dir.path().join("s.safetensors");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (a, b) = (a.clone(), b.clone());
+            let path = path.clone();
+            s.spawn(move || {
+                let mut o = RAdam::new(vec![a.clone(), b.clone()], ParamsRAdam::default()).unwrap();
+                train(&mut o, &[a, b], &[1, 2], 1..=2);
+                for _ in 0..25 {
+                    o.save_state(&path).unwrap();
+                }
+            });
+        }
+    });
+    let mut o = RAdam::new(vec![a, b], ParamsRAdam::default()).unwrap();
+    o.load_state(&path).unwrap();
+    assert_eq!(o.step_count(), 2);
+    let mut left = listing(dir.path());
+    left.sort();
+    assert_eq!(left, ["ckpt", "s.safetensors"]);
 }

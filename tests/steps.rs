@@ -257,7 +257,28 @@ fn groups_select_first_match_and_scale_the_learning_rate() {
 
     let base = || RAdam::from_varmap(&varmap, ParamsRAdam::default()).unwrap();
     let e = err_text(base().with_groups(vec![ParamGroup::names("typo", &["atn.q.weight"])]));
-    assert!(e.contains("'typo' selects no variable"), "{e}");
+    assert!(e.contains("group 'typo': no variable is named 'atn.q.weight'"), "{e}");
+    // One mistyped name next to a correct one, one dead pattern among live ones: each is named.
+    let e = err_text(
+        base().with_groups(vec![ParamGroup::names("g", &["embed.weight", "embed.wieght"])]),
+    );
+    assert!(e.contains("group 'g': no variable is named 'embed.wieght'"), "{e}");
+    let e = err_text(
+        base().with_groups(vec![ParamGroup::glob("g", &["embed.*", "*.atention.*"]).unwrap()]),
+    );
+    assert!(e.contains("group 'g': pattern '*.atention.*' matches no variable"), "{e}");
+    // A predicate group that selects nothing.
+    let e = err_text(base().with_groups(vec![ParamGroup::predicate("none", |_, _| false)]));
+    assert!(e.contains("group 'none' selects no variable"), "{e}");
+    // A group whose every variable an earlier group took says which group took them.
+    let e = err_text(base().with_groups(vec![
+        ParamGroup::glob("all_embed", &["embed.*"]).unwrap(),
+        ParamGroup::names("embed_w", &["embed.weight"]),
+    ]));
+    assert!(
+        e.contains("group 'embed_w' selects 1 variable(s), but every one was taken by the earlier group(s) 'all_embed'"),
+        "{e}"
+    );
     let e = err_text(
         base().with_groups(vec![ParamGroup::names("x", &["embed.weight"]).lr_scale(-1.0)]),
     );
@@ -274,7 +295,11 @@ fn groups_select_first_match_and_scale_the_learning_rate() {
     let mut o = base()
         .with_groups(vec![ParamGroup::names("big", &["mlp.fc.weight"]).lr_scale(1e300)])
         .unwrap();
-    assert!(err_text(o.try_set_learning_rate(1e10)).contains("group 'big'"));
+    let e = err_text(o.try_set_learning_rate(1e10));
+    assert!(
+        e.contains("group 'big': its learning rate lr * lr_scale = 1e10 * 1e300 overflows to inf"),
+        "{e}"
+    );
 }
 
 /// Groups change the update as their hyper-parameters say: a var in a group with lr_scale 0.5
