@@ -35,6 +35,7 @@ fn keep_freed_memory() {
 
 mod bleu;
 mod data;
+mod merge;
 mod model;
 mod plot;
 mod sacrebleu;
@@ -287,6 +288,11 @@ struct Args {
     #[arg(long)]
     n_valid: Option<usize>,
 
+    /// Instead of training: merge the outputs of runs of single variants made with the same flags
+    /// (e.g. `--compare adam`, `--compare radam` in parallel) into one comparison in --out.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    merge: Option<Vec<PathBuf>>,
+
     /// Output directory: curves.csv, curves.png, summary.json, hyp.<variant>.txt and, for raw
     /// text, tokenizer.json (reused by later runs on the same data).
     #[arg(long, default_value = "out/nmt")]
@@ -421,7 +427,7 @@ fn write_outputs(
     out: &std::path::Path,
     results: &[VariantResult],
     title: &str,
-    summary: &Summary,
+    summary: &impl Serialize,
 ) -> Result<()> {
     let mut csv = std::fs::File::create(out.join("curves.csv"))?;
     writeln!(csv, "step,variant,lr,train_loss,valid_loss,valid_ppl")?;
@@ -445,7 +451,39 @@ fn write_outputs(
     Ok(())
 }
 
+/// The results as a Markdown table on stdout.
+fn print_table(results: &[VariantResult], eval_name: &str) {
+    println!(
+        "| variant | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenized | chrF | ms/step | tokens/s |",
+        e = eval_name
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let sc = r.scores.unwrap_or_default();
+        println!(
+            "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |",
+            r.variant,
+            r.final_valid_ppl,
+            r.best_valid_ppl,
+            sc.bleu,
+            sc.bleu_lc,
+            sc.bleu_tok,
+            sc.chrf,
+            r.ms_per_step,
+            r.tokens_per_s
+        );
+    }
+}
+
 fn run(args: Args) -> Result<Vec<VariantResult>> {
+    if let Some(dirs) = &args.merge {
+        let results = merge::merge(dirs, &args.out)?;
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(args.out.join("summary.json"))?)?;
+        print_table(&results, summary["eval_set"].as_str().unwrap_or("eval"));
+        println!("merged into {}", args.out.display());
+        return Ok(results);
+    }
     let wall = Instant::now();
     let pv = args.preset.values();
     let dev = device(args.device)?;
@@ -581,10 +619,17 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         if !same_file {
             sw.save(&here, meta.as_ref())?;
         }
+        // Every checkpoint directory gets the vocabulary it needs for --resume.
         if let Some(dir) = &args.save {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            sw.save(&dir.join("tokenizer.json"), meta.as_ref())?;
+            let mut dirs = vec![dir.clone()];
+            if variants.len() > 1 {
+                dirs.extend(variants.iter().map(|v| dir.join(&v.name)));
+            }
+            for d in dirs {
+                std::fs::create_dir_all(&d)
+                    .with_context(|| format!("cannot create {}", d.display()))?;
+                sw.save(&d.join("tokenizer.json"), meta.as_ref())?;
+            }
         }
         tokenizer_desc = Some(match origin {
             TokenizerOrigin::Learned(m) => format!(
@@ -669,26 +714,7 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         write_outputs(&args.out, &results, &title, &summary)?;
     }
 
-    println!(
-        "| variant | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenized | chrF | ms/step | tokens/s |",
-        e = loaded.eval_name
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &results {
-        let sc = r.scores.unwrap_or_default();
-        println!(
-            "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |",
-            r.variant,
-            r.final_valid_ppl,
-            r.best_valid_ppl,
-            sc.bleu,
-            sc.bleu_lc,
-            sc.bleu_tok,
-            sc.chrf,
-            r.ms_per_step,
-            r.tokens_per_s
-        );
-    }
+    print_table(&results, loaded.eval_name);
     println!(
         "wall time {:.1} s; wrote {}/{{curves.csv,curves.png,summary.json,hyp.<variant>.txt{}}}",
         wall.elapsed().as_secs_f64(),
@@ -923,7 +949,8 @@ mod tests {
             v.extend_from_slice(extra);
             args(&v)
         };
-        let res = run(with(&["--compare", "adam,radam", "--steps", "60"]))?;
+        let ck = dir.path().join("ck");
+        let res = run(with(&["--compare", "adam,radam", "--steps", "60", "--save", &p(&ck)]))?;
         for r in &res {
             let first = r.curve.first().unwrap().train_loss;
             let last = r.curve.last().unwrap().train_loss;
@@ -944,6 +971,63 @@ mod tests {
         assert_eq!(summary["beam"], 2);
         // A later run on the same data reuses tokenizer.json (same file, same vocabulary)...
         let before = std::fs::read(out.join("tokenizer.json"))?;
+        // The same variants trained one per run, then merged: the comparison's curves, scores
+        // and translations (deterministic on the CPU).
+        let one = |v: &str| dir.path().join(format!("one-{v}"));
+        for v in ["adam", "radam"] {
+            run(with(&["--compare", v, "--steps", "60", "--out", &p(&one(v))]))?;
+        }
+        let merged = dir.path().join("merged");
+        let m = run(with(&[
+            "--merge",
+            &format!("{},{}", p(&one("adam")), p(&one("radam"))),
+            "--out",
+            &p(&merged),
+        ]))?;
+        assert_eq!(m.len(), 2);
+        for (a, b) in res.iter().zip(&m) {
+            // (summary.json round trip: serde_json parses floats to within an ulp or so)
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
+            let (sa, sb) = (a.scores.unwrap(), b.scores.unwrap());
+            assert_eq!(a.variant, b.variant);
+            assert!(close(a.final_valid_ppl, b.final_valid_ppl), "{}", a.variant);
+            assert!(close(sa.bleu, sb.bleu) && close(sa.chrf, sb.chrf), "{sa:?} {sb:?}");
+            assert_eq!(a.curve.len(), b.curve.len(), "{}", a.variant);
+            let hyp =
+                |d: &PathBuf| std::fs::read_to_string(d.join(format!("hyp.{}.txt", a.variant)));
+            assert_eq!(hyp(&out)?, hyp(&merged)?);
+        }
+        assert!(merged.join("curves.png").exists() && merged.join("tokenizer.json").exists());
+        let csv = |d: &PathBuf| std::fs::read_to_string(d.join("curves.csv"));
+        assert_eq!(csv(&out)?, csv(&merged)?);
+        let e = format!(
+            "{:#}",
+            run(with(&[
+                "--merge",
+                &format!("{},{}", p(&out), p(&one("adam"))),
+                "--out",
+                &p(&merged)
+            ]))
+            .unwrap_err()
+        );
+        assert!(e.contains("occurs twice"), "{e}");
+        // --resume takes the checkpoint's tokenizer (here into a fresh --out), for a comparison
+        // and for one of its variants alone.
+        for (what, resume) in [("adam,radam", ck.clone()), ("radam", ck.join("radam"))] {
+            let out2 = dir.path().join(format!("out-{what}"));
+            let r = run(with(&[
+                "--compare",
+                what,
+                "--steps",
+                "62",
+                "--resume",
+                &p(&resume),
+                "--out",
+                &p(&out2),
+            ]))?;
+            assert!(r.iter().all(|r| r.steps == 62), "{what}");
+            assert_eq!(std::fs::read(out2.join("tokenizer.json"))?, before, "{what}");
+        }
         let again = run(with(&["--optimizer", "radam", "--steps", "5"]))?;
         assert_eq!(std::fs::read(out.join("tokenizer.json"))?, before);
         assert_eq!(again.len(), 1);

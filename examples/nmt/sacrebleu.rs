@@ -142,7 +142,7 @@ pub fn chrf(hyps: &[String], refs: &[String]) -> f64 {
 }
 
 /// The scores the example reports for a set of translations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextScores {
     /// sacreBLEU's default: 13a tokenization, cased.
     pub bleu: f64,

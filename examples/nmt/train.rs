@@ -44,7 +44,7 @@ pub struct TrainConfig {
     pub progress: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CurvePoint {
     pub step: u64,
     pub lr: f64,
@@ -54,12 +54,20 @@ pub struct CurvePoint {
     pub valid_ppl: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// JSON writes infinite numbers (a diverged run's perplexity) as `null`: read them back as inf.
+fn null_as_inf<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantResult {
     pub variant: String,
     pub steps: u64,
+    #[serde(deserialize_with = "null_as_inf")]
     pub final_valid_loss: f64,
+    #[serde(deserialize_with = "null_as_inf")]
     pub final_valid_ppl: f64,
+    #[serde(deserialize_with = "null_as_inf")]
     pub best_valid_ppl: f64,
     /// Scores of the final translations of the evaluation set, set by the caller.
     pub scores: Option<crate::sacrebleu::TextScores>,
