@@ -52,7 +52,7 @@ pub enum Detokenizer {
     /// Space-joined tokens (optionally with `@@ ` BPE undone).
     Words { vocab: Vocab, remove_bpe: bool },
     /// The subword model's decoder: plain, detokenized text.
-    Subword(Subword),
+    Subword(Box<Subword>),
 }
 
 impl Detokenizer {
@@ -166,6 +166,10 @@ pub fn load(data: &DataSpec, spec: &TokenizeSpec) -> Result<Loaded> {
     let valid_lines = read(&files.valid)?;
     let test_lines = files.test.as_ref().map(read).transpose()?;
     let what = format!("{} / {}", files.train.0.display(), files.train.1.display());
+    // For titles: the file names only.
+    let name =
+        |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let short = format!("{} / {}", name(&files.train.0), name(&files.train.1));
     let eval_lines = test_lines.as_ref().unwrap_or(&valid_lines);
 
     if spec.kind == SubwordKind::None {
@@ -187,7 +191,7 @@ pub fn load(data: &DataSpec, spec: &TokenizeSpec) -> Result<Loaded> {
             eval_refs,
             detok,
             tokenizer: None,
-            description: format!("{what} (tokenized)"),
+            description: format!("{short} (tokenized)"),
         });
     }
     if spec.remove_bpe {
@@ -207,8 +211,8 @@ pub fn load(data: &DataSpec, spec: &TokenizeSpec) -> Result<Loaded> {
         eval,
         eval_name: if test_lines.is_some() { "test" } else { "valid" },
         eval_refs,
-        detok: Detokenizer::Subword(sw.clone()),
+        detok: Detokenizer::Subword(Box::new(sw.clone())),
         tokenizer: Some((sw, origin)),
-        description: format!("{what} (raw text, subword vocabulary {})", corpus_vocab_len),
+        description: format!("{short} (raw text, subword vocabulary {corpus_vocab_len})"),
     })
 }

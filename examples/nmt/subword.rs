@@ -69,7 +69,7 @@ impl Subword {
     ///
     /// Errors: `kind` is [`SubwordKind::None`], `vocab_size` too small, or a `tokenizers`
     /// training error.
-    pub fn train<'a>(kind: SubwordKind, vocab_size: usize, texts: &[&'a str]) -> Result<Self> {
+    pub fn train(kind: SubwordKind, vocab_size: usize, texts: &[&str]) -> Result<Self> {
         if vocab_size < 100 {
             bail!("--vocab-size {vocab_size}: use at least 100");
         }
@@ -229,7 +229,7 @@ mod tests {
             sw.save(&p, Some(&meta))?;
             let back = Subword::load(&p)?;
             assert_eq!(back.vocab(), vocab);
-            assert_eq!(back.tokens(&texts[7])?, sw.tokens(&texts[7])?);
+            assert_eq!(back.tokens(texts[7])?, sw.tokens(texts[7])?);
             assert_eq!(read_meta(&p)?, Some(meta));
             // Unseen characters become <unk> and vanish in decoding.
             let ids: Vec<u32> = back
