@@ -1040,6 +1040,58 @@ mod tests {
         Ok(())
     }
 
+    /// Already-tokenized (BPE-split) text, as fairseq's IWSLT'14 files: whitespace tokens are the
+    /// vocabulary, `@@ ` is undone in the hypotheses and references, no tokenizer.json.
+    #[test]
+    fn pretokenized_bpe_text_still_trains() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let d = |n: &str| dir.path().join(n);
+        let src: String = (0..60).map(|i| format!("ein hun@@ d {i} läuft .\n")).collect();
+        let tgt: String = (0..60).map(|i| format!("a do@@ g {i} runs .\n")).collect();
+        for (n, t) in [("tr.de", &src), ("tr.en", &tgt)] {
+            std::fs::write(d(n), t)?;
+        }
+        let first10 = |t: &str| t.lines().take(10).map(|l| format!("{l}\n")).collect::<String>();
+        text::tests::gz(&d("va.de.gz"), first10(&src).as_bytes());
+        text::tests::gz(&d("va.en.gz"), first10(&tgt).as_bytes());
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        let out = d("out");
+        let res = run(args(&[
+            "--train-src",
+            &s(d("tr.de")),
+            "--train-tgt",
+            &s(d("tr.en")),
+            "--valid-src",
+            &s(d("va.de.gz")),
+            "--valid-tgt",
+            &s(d("va.en.gz")),
+            "--optimizer",
+            "radam",
+            "--subword",
+            "none",
+            "--remove-bpe",
+            "--joined-vocab",
+            "--share",
+            "all",
+            "--steps",
+            "30",
+            "--out",
+            &s(out.clone()),
+        ]))?;
+        let first = res[0].curve.first().unwrap().train_loss;
+        let last = res[0].curve.last().unwrap().train_loss;
+        assert!(last < first - 0.5, "loss {first} -> {last}");
+        let hyp = std::fs::read_to_string(out.join("hyp.radam.txt"))?;
+        assert_eq!(hyp.lines().count(), 10);
+        assert!(!hyp.contains("@@"), "{hyp}");
+        assert!(!out.join("tokenizer.json").exists());
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        assert_eq!(summary["eval_set"], "valid");
+        assert_eq!(summary["beam"], 1);
+        Ok(())
+    }
+
     /// Bad input is reported with the file (and line) and leaves no output behind.
     #[test]
     fn bad_input_writes_nothing() -> Result<()> {
