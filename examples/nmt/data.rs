@@ -1,18 +1,18 @@
-//! Data pipeline: vocabularies, the built-in synthetic language pair, loading of real
-//! whitespace-tokenized parallel text, token-count batching and attention masks.
+//! Data pipeline: vocabularies, the built-in synthetic language pair, already-tokenized parallel
+//! text, token-count batching and attention masks. (Raw text: `text.rs` reads it, `subword.rs`
+//! tokenizes it.)
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::path::Path;
 
 pub const PAD: u32 = 0;
 pub const BOS: u32 = 1;
 pub const EOS: u32 = 2;
 pub const UNK: u32 = 3;
-const SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
+pub const SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
 
 /// A token <-> id mapping. Ids 0..4 are `<pad> <s> </s> <unk>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +41,20 @@ impl Vocab {
             .collect();
         let index = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         Self { tokens, index }
+    }
+
+    /// A vocabulary in the given id order (a subword model's). Errors unless it starts with
+    /// `<pad> <s> </s> <unk>` and has no duplicates.
+    pub fn from_tokens(tokens: Vec<String>) -> Result<Self> {
+        if tokens.len() < SPECIALS.len() || tokens[..SPECIALS.len()] != SPECIALS {
+            bail!("a vocabulary must start with {SPECIALS:?}");
+        }
+        let index: HashMap<String, u32> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        if index.len() != tokens.len() {
+            bail!("the vocabulary has duplicate entries");
+        }
+        Ok(Self { tokens, index })
     }
 
     pub fn len(&self) -> usize {
@@ -85,19 +99,31 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// Vocabularies built from the training side's tokens: one for both languages
+    /// (`joined_vocab`) or one per language.
     pub fn new(train: Vec<Pair>, valid: Vec<Pair>, joined_vocab: bool) -> Result<Self> {
-        if train.is_empty() {
-            bail!("the training set is empty");
-        }
-        if valid.is_empty() {
-            bail!("the validation set is empty");
-        }
         let (src_vocab, tgt_vocab) = if joined_vocab {
             let v = Vocab::build(train.iter().flat_map(|p| [&p.src, &p.tgt]));
             (v.clone(), v)
         } else {
             (Vocab::build(train.iter().map(|p| &p.src)), Vocab::build(train.iter().map(|p| &p.tgt)))
         };
+        Self::with_vocab(train, valid, src_vocab, tgt_vocab)
+    }
+
+    /// With given vocabularies (a subword model's).
+    pub fn with_vocab(
+        train: Vec<Pair>,
+        valid: Vec<Pair>,
+        src_vocab: Vocab,
+        tgt_vocab: Vocab,
+    ) -> Result<Self> {
+        if train.is_empty() {
+            bail!("the training set is empty");
+        }
+        if valid.is_empty() {
+            bail!("the validation set is empty");
+        }
         Ok(Self { train, valid, src_vocab, tgt_vocab })
     }
 }
@@ -238,46 +264,33 @@ fn synthetic_pair(spec: &SyntheticSpec, lex: &Lexicon, rng: &mut StdRng) -> Pair
 // Real parallel text.
 // ---------------------------------------------------------------------------------------------
 
-fn read_lines(path: &Path) -> Result<Vec<Vec<String>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let lines: Vec<Vec<String>> =
-        text.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect();
-    if lines.is_empty() {
-        bail!("{} is empty", path.display());
+/// Tokenized pairs from text lines: `split` tokenizes one line. Pairs where either side is
+/// empty are skipped, as are pairs longer than `max_len` tokens on either side (as fairseq's
+/// `--skip-invalid-size-inputs-valid-test` does).
+///
+/// Errors: `split`'s, or no usable pair (`what` names the data in the message).
+pub fn tokenize_pairs(
+    lines: &[(String, String)],
+    max_len: usize,
+    what: &str,
+    mut split: impl FnMut(&str) -> Result<Vec<String>>,
+) -> Result<Vec<Pair>> {
+    let mut pairs = Vec::with_capacity(lines.len());
+    for (s, t) in lines {
+        let (src, tgt) = (split(s)?, split(t)?);
+        if !src.is_empty() && !tgt.is_empty() && src.len() <= max_len && tgt.len() <= max_len {
+            pairs.push(Pair { src, tgt });
+        }
     }
-    Ok(lines)
-}
-
-/// Reads a parallel corpus: the two files must have the same number of lines. Pairs where either
-/// side is empty are skipped, as are pairs longer than `max_len` tokens on either side (as
-/// fairseq's `--skip-invalid-size-inputs-valid-test` does).
-pub fn read_parallel(src: &Path, tgt: &Path, max_len: usize) -> Result<Vec<Pair>> {
-    let s = read_lines(src)?;
-    let t = read_lines(tgt)?;
-    if s.len() != t.len() {
-        bail!(
-            "{} has {} lines but {} has {}: the sides of a parallel corpus must be aligned line by line",
-            src.display(),
-            s.len(),
-            tgt.display(),
-            t.len()
-        );
-    }
-    let pairs: Vec<Pair> = s
-        .into_iter()
-        .zip(t)
-        .filter(|(a, b)| !a.is_empty() && !b.is_empty() && a.len() <= max_len && b.len() <= max_len)
-        .map(|(src, tgt)| Pair { src, tgt })
-        .collect();
     if pairs.is_empty() {
-        bail!(
-            "{} / {}: no usable sentence pair (all empty or too long)",
-            src.display(),
-            tgt.display()
-        );
+        bail!("{what}: no usable sentence pair (all empty or too long)");
     }
     Ok(pairs)
+}
+
+/// Whitespace tokens.
+pub fn split_whitespace(line: &str) -> Result<Vec<String>> {
+    Ok(line.split_whitespace().map(str::to_string).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,21 +550,23 @@ mod tests {
     }
 
     #[test]
-    fn malformed_input_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| dir.path().join(n);
-        std::fs::write(p("a"), "x y\nz\n").unwrap();
-        std::fs::write(p("b"), "X\n").unwrap();
-        std::fs::write(p("empty"), "").unwrap();
-        let e = read_parallel(&p("a"), &p("b"), 100).unwrap_err().to_string();
-        assert!(e.contains("2 lines") && e.contains("1"), "{e}");
-        let e = read_parallel(&p("empty"), &p("b"), 100).unwrap_err().to_string();
-        assert!(e.contains("empty"), "{e}");
-        let e = format!("{:#}", read_parallel(&p("missing"), &p("b"), 100).unwrap_err());
-        assert!(e.contains("cannot read") && e.contains("missing"), "{e}");
-        std::fs::write(p("c"), "X Y\nZ\n").unwrap();
-        let pairs = read_parallel(&p("a"), &p("c"), 100).unwrap();
-        assert_eq!(pairs.len(), 2);
-        assert!(Corpus::new(vec![], pairs, false).is_err());
+    fn tokenize_pairs_filters_empty_and_long_pairs() {
+        let lines: Vec<(String, String)> =
+            [("a b", "x"), ("", "y"), ("c", ""), ("d e f", "z"), ("g", "w")]
+                .iter()
+                .map(|(s, t)| (s.to_string(), t.to_string()))
+                .collect();
+        let p = tokenize_pairs(&lines, 2, "t", split_whitespace).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Pair { src: toks("a b"), tgt: toks("x") },
+                Pair { src: toks("g"), tgt: toks("w") }
+            ]
+        );
+        let e =
+            tokenize_pairs(&lines[1..3], 2, "the data", split_whitespace).unwrap_err().to_string();
+        assert!(e.contains("the data: no usable sentence pair"), "{e}");
+        assert!(Corpus::new(vec![], p, false).is_err());
     }
 }

@@ -12,24 +12,53 @@
 //!
 //! `NMT_PROFILE=1` prints the forward / backward / optimizer time of every step.
 
+/// The example's allocator. candle's CPU tensors are large and short-lived: glibc's malloc
+/// serves each one above its mmap threshold with a fresh `mmap` and returns it with `munmap`, so
+/// every training step page-faults its whole working set again (half of the run time was
+/// system time). mimalloc reuses freed memory, and with [`keep_freed_memory`] keeps it instead
+/// of handing it back to the OS between steps. Only the example sets it: the library leaves the
+/// choice of global allocator to the application (docs/NMT.md, "Speed on the CPU").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay`: index 15 of `mi_option_e` in mimalloc.h of both mimalloc
+/// 2.x and 3.x (libmimalloc-sys 0.1 has no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to purge (decommit) freed memory. By default it does so 10-1000 ms after
+/// a free, and a training step that lasts longer than that page-faults its 64 MB logits and
+/// friends afresh every time: 1244 vs 838 ms/step on Multi30K (docs/NMT.md).
+fn keep_freed_memory() {
+    // SAFETY: sets a process-global option; mimalloc reads it on its next purge decision.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 mod bleu;
 mod data;
+mod merge;
 mod model;
 mod plot;
+mod sacrebleu;
 mod schedule;
+mod source;
+mod subword;
+mod text;
 mod train;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use candle_radam::ParamsRAdam;
 use clap::{Parser, ValueEnum};
-use data::{synthetic, Corpus, Dataset, SyntheticSpec};
+use data::Dataset;
 use model::{ModelConfig, ShareEmbed};
 use schedule::{Decay, Schedule};
 use serde::Serialize;
+use source::{DataSpec, TokenizeSpec, TokenizerOrigin};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
+use subword::SubwordKind;
+use text::ParallelFiles;
 use train::{train_variant, TrainConfig, Variant, VariantResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -117,7 +146,9 @@ impl Preset {
 
 #[derive(Parser, Debug, Clone)]
 #[command(
-    about = "Transformer NMT: Adam (with / without warmup) vs RAdam, from the same initialization and data order"
+    about = "Transformer NMT: Adam (with / without warmup) vs RAdam, from the same initialization and data order",
+    // A flag given twice: the last one counts (so a script can append overrides).
+    args_override_self = true
 )]
 struct Args {
     /// Model / schedule size. `cpu` is the default synthetic-task setting; `iwslt` is fairseq's
@@ -180,10 +211,11 @@ struct Args {
     /// Log the training loss every this many steps.
     #[arg(long, default_value_t = 10)]
     log_every: u64,
-    /// Beam size for the final BLEU (1: greedy decoding).
-    #[arg(long, default_value_t = 1)]
-    beam: usize,
-    /// Valid sentences translated for BLEU (0: all).
+    /// Beam size for the final translations (1: greedy). Default: 5 (as fairseq-generate) with a
+    /// test set (--test-src, --multi30k), 1 for the valid set.
+    #[arg(long)]
+    beam: Option<usize>,
+    /// Sentences translated and scored at the end (0: all).
     #[arg(long, default_value_t = 0)]
     bleu_sentences: usize,
 
@@ -207,8 +239,10 @@ struct Args {
     #[arg(long)]
     joined_vocab: bool,
 
-    /// Real data: whitespace-tokenized (e.g. BPE-split) parallel text, one sentence per line.
-    #[arg(long, requires_all = ["train_tgt", "valid_src", "valid_tgt"])]
+    /// Real data: parallel text, one sentence per line, UTF-8, plain or .gz. Raw text by default
+    /// (a subword vocabulary is learned, see --subword); already-tokenized text with
+    /// --subword none.
+    #[arg(long, requires_all = ["train_tgt", "valid_src", "valid_tgt"], conflicts_with = "multi30k")]
     train_src: Option<PathBuf>,
     #[arg(long, requires = "train_src")]
     train_tgt: Option<PathBuf>,
@@ -216,10 +250,36 @@ struct Args {
     valid_src: Option<PathBuf>,
     #[arg(long, requires = "train_src")]
     valid_tgt: Option<PathBuf>,
+    /// A test set: the final translations (beam search, --beam) and scores are on it instead of
+    /// the valid set.
+    #[arg(long, requires_all = ["train_src", "test_tgt"])]
+    test_src: Option<PathBuf>,
+    #[arg(long, requires = "test_src")]
+    test_tgt: Option<PathBuf>,
+    /// Multi30K task 1 (github.com/multi30k/dataset, data/task1/raw): a directory with
+    /// train.L, val.L and test_2016_flickr.L (plain or .gz) for L = --src-lang, --tgt-lang.
+    #[arg(long)]
+    multi30k: Option<PathBuf>,
+    /// Source language suffix of the --multi30k files.
+    #[arg(long, default_value = "de")]
+    src_lang: String,
+    /// Target language suffix of the --multi30k files.
+    #[arg(long, default_value = "en")]
+    tgt_lang: String,
+    /// Subword model learned on the raw training text (joint for both languages), or none: the
+    /// files are already tokenized (e.g. fairseq's BPE), whitespace tokens are the vocabulary.
+    #[arg(long, value_enum, default_value = "bpe")]
+    subword: SubwordKind,
+    /// Size of the learned subword vocabulary (both languages, specials included).
+    #[arg(long, default_value_t = 8000)]
+    vocab_size: usize,
+    /// Use this tokenizer.json instead of learning one (its ids 0..4 must be <pad> <s> </s> <unk>).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Drop training pairs longer than this (tokens).
     #[arg(long, default_value_t = 256)]
     max_len: usize,
-    /// Undo "@@ " BPE before BLEU (for real data).
+    /// Undo "@@ " BPE before scoring (already BPE-split data, --subword none).
     #[arg(long)]
     remove_bpe: bool,
     /// Synthetic corpus size (default: the preset's).
@@ -228,7 +288,13 @@ struct Args {
     #[arg(long)]
     n_valid: Option<usize>,
 
-    /// Output directory for curves.csv, curves.png, summary.json.
+    /// Instead of training: merge the outputs of runs of single variants made with the same flags
+    /// (e.g. `--compare adam`, `--compare radam` in parallel) into one comparison in --out.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    merge: Option<Vec<PathBuf>>,
+
+    /// Output directory: curves.csv, curves.png, summary.json, hyp.<variant>.txt and, for raw
+    /// text, tokenizer.json (reused by later runs on the same data).
     #[arg(long, default_value = "out/nmt")]
     out: PathBuf,
     /// Save model + optimizer state at the end (a subdirectory per variant when comparing).
@@ -330,20 +396,94 @@ fn make_variant(name: &str, args: &Args, pv: &PresetValues, steps: u64) -> Resul
 struct Summary<'a> {
     preset: Preset,
     model: &'a ModelConfig,
+    n_params: usize,
     steps: u64,
     max_tokens: usize,
     lr: f64,
     betas: &'a [f64],
     data: String,
+    tokenizer: Option<String>,
     train_pairs: usize,
     valid_pairs: usize,
+    /// The set translated at the end ("test" or "valid") and how many of its sentences.
+    eval_set: &'static str,
+    eval_sentences: usize,
+    beam: usize,
     device: String,
     seed: u64,
     wall_seconds: f64,
     variants: &'a [VariantResult],
 }
 
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `curves.csv`, `curves.png` and `summary.json` for the variants trained so far.
+fn write_outputs(
+    out: &std::path::Path,
+    results: &[VariantResult],
+    title: &str,
+    summary: &impl Serialize,
+) -> Result<()> {
+    let mut csv = std::fs::File::create(out.join("curves.csv"))?;
+    writeln!(csv, "step,variant,lr,train_loss,valid_loss,valid_ppl")?;
+    for r in results {
+        for p in &r.curve {
+            let opt = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
+            writeln!(
+                csv,
+                "{},{},{:.6e},{:.6},{},{}",
+                p.step,
+                r.variant,
+                p.lr,
+                p.train_loss,
+                opt(p.valid_loss),
+                opt(p.valid_ppl)
+            )?;
+        }
+    }
+    plot::plot_curves(results, title, &out.join("curves.png"))?;
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(summary)?)?;
+    Ok(())
+}
+
+/// The results as a Markdown table on stdout.
+fn print_table(results: &[VariantResult], eval_name: &str) {
+    println!(
+        "| variant | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenized | chrF | ms/step | tokens/s |",
+        e = eval_name
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let sc = r.scores.unwrap_or_default();
+        println!(
+            "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |",
+            r.variant,
+            r.final_valid_ppl,
+            r.best_valid_ppl,
+            sc.bleu,
+            sc.bleu_lc,
+            sc.bleu_tok,
+            sc.chrf,
+            r.ms_per_step,
+            r.tokens_per_s
+        );
+    }
+}
+
 fn run(args: Args) -> Result<Vec<VariantResult>> {
+    if let Some(dirs) = &args.merge {
+        let results = merge::merge(dirs, &args.out)?;
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(args.out.join("summary.json"))?)?;
+        print_table(&results, summary["eval_set"].as_str().unwrap_or("eval"));
+        println!("merged into {}", args.out.display());
+        return Ok(results);
+    }
     let wall = Instant::now();
     let pv = args.preset.values();
     let dev = device(args.device)?;
@@ -351,32 +491,44 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         bail!("--betas takes two values, e.g. --betas 0.9,0.98");
     }
 
-    let (corpus, data_desc) = match &args.train_src {
-        Some(train_src) => {
-            let (tt, vs, vt) = (
-                args.train_tgt.as_ref().unwrap(),
-                args.valid_src.as_ref().unwrap(),
-                args.valid_tgt.as_ref().unwrap(),
-            );
-            let train = data::read_parallel(train_src, tt, args.max_len)?;
-            let valid = data::read_parallel(vs, vt, usize::MAX)?;
-            (
-                Corpus::new(train, valid, args.joined_vocab)?,
-                format!("{} / {}", train_src.display(), tt.display()),
-            )
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: expected a directory (for curves.csv, curves.png, summary.json, hyp.<variant>.txt), found a file", args.out.display());
+    }
+
+    let data_spec = match (&args.multi30k, &args.train_src) {
+        (Some(dir), _) => {
+            DataSpec::Files(text::multi30k_files(dir, &args.src_lang, &args.tgt_lang)?)
         }
-        None => {
-            let (train, valid) = synthetic(
-                &SyntheticSpec::default(),
-                args.n_train.unwrap_or(pv.n_train),
-                args.n_valid.unwrap_or(pv.n_valid),
-                args.seed,
-            );
-            (Corpus::new(train, valid, args.joined_vocab)?, "synthetic".to_string())
-        }
+        (None, Some(train_src)) => DataSpec::Files(ParallelFiles {
+            train: (train_src.clone(), args.train_tgt.clone().unwrap()),
+            valid: (args.valid_src.clone().unwrap(), args.valid_tgt.clone().unwrap()),
+            test: args.test_src.clone().zip(args.test_tgt.clone()),
+        }),
+        (None, None) => DataSpec::Synthetic {
+            n_train: args.n_train.unwrap_or(pv.n_train),
+            n_valid: args.n_valid.unwrap_or(pv.n_valid),
+            seed: args.seed,
+        },
     };
+    let loaded = source::load(
+        &data_spec,
+        &TokenizeSpec {
+            kind: args.subword,
+            vocab_size: args.vocab_size,
+            tokenizer: args.tokenizer.clone(),
+            resume: args.resume.clone(),
+            out: args.out.clone(),
+            joined_vocab: args.joined_vocab,
+            remove_bpe: args.remove_bpe,
+            max_len: args.max_len,
+        },
+    )?;
+    let corpus = &loaded.corpus;
+    let data_desc = loaded.description.clone();
+    let joint = args.joined_vocab || loaded.tokenizer.is_some();
     let train_data = Dataset::encode(&corpus.train, &corpus.src_vocab, &corpus.tgt_vocab);
     let valid_data = Dataset::encode(&corpus.valid, &corpus.src_vocab, &corpus.tgt_vocab);
+    let eval_data = Dataset::encode(&loaded.eval, &corpus.src_vocab, &corpus.tgt_vocab);
 
     let layers = args.layers.unwrap_or(pv.layers);
     let model_cfg = ModelConfig {
@@ -390,8 +542,8 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         dropout: args.dropout.unwrap_or(pv.dropout),
         share: args.share,
     };
-    if model_cfg.share == ShareEmbed::All && !args.joined_vocab {
-        bail!("--share all needs --joined-vocab");
+    if model_cfg.share == ShareEmbed::All && !joint {
+        bail!("--share all needs one vocabulary for both languages: --joined-vocab (or a subword model, always joint)");
     }
     let steps = args.steps.unwrap_or(pv.steps);
     let cfg = TrainConfig {
@@ -404,9 +556,8 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         log_every: args.log_every.max(1),
         bleu_sentences: args.bleu_sentences,
         max_decode_extra: 10,
-        beam: args.beam,
+        beam: args.beam.unwrap_or(if loaded.eval_name == "test" { 5 } else { 1 }),
         seed: args.seed,
-        remove_bpe: args.remove_bpe,
         save: None,
         resume: None,
         progress: !args.quiet,
@@ -454,47 +605,46 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         model_cfg.enc_layers, model_cfg.dec_layers, model_cfg.d_model, model_cfg.ffn, model_cfg.heads, steps, cfg.max_tokens, dev
     );
 
-    let many = variants.len() > 1;
-    let mut results = Vec::new();
-    for v in &variants {
-        let sub = |d: &Option<PathBuf>| {
-            d.as_ref().map(|d| if many { d.join(&v.name) } else { d.clone() })
-        };
-        let vcfg = TrainConfig { save: sub(&args.save), resume: sub(&args.resume), ..cfg.clone() };
-        let r = train_variant(v, &vcfg, &train_data, &valid_data, &corpus.tgt_vocab, &dev)
-            .with_context(|| format!("training {}", v.name))?;
-        eprintln!(
-            "{:>12}: valid ppl {:.3} (best {:.3}), BLEU {:.2}, {:.1} ms/step{}",
-            r.variant,
-            r.final_valid_ppl,
-            r.best_valid_ppl,
-            r.bleu,
-            r.ms_per_step,
-            if r.diverged { " (diverged)" } else { "" }
-        );
-        results.push(r);
-    }
-
-    // Outputs.
+    // Input is good: from here on outputs are written.
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut csv = std::fs::File::create(args.out.join("curves.csv"))?;
-    writeln!(csv, "step,variant,lr,train_loss,valid_loss,valid_ppl")?;
-    for r in &results {
-        for p in &r.curve {
-            let opt = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
-            writeln!(
-                csv,
-                "{},{},{:.6e},{:.6},{},{}",
-                p.step,
-                r.variant,
-                p.lr,
-                p.train_loss,
-                opt(p.valid_loss),
-                opt(p.valid_ppl)
-            )?;
+    let mut tokenizer_desc = None;
+    if let Some((sw, origin)) = &loaded.tokenizer {
+        let meta = match origin {
+            TokenizerOrigin::Learned(m) => Some(m.clone()),
+            TokenizerOrigin::Loaded(_, m) => m.clone(),
+        };
+        let here = args.out.join("tokenizer.json");
+        let same_file = matches!(origin, TokenizerOrigin::Loaded(p, _) if same_path(p, &here));
+        if !same_file {
+            sw.save(&here, meta.as_ref())?;
         }
+        // Every checkpoint directory gets the vocabulary it needs for --resume.
+        if let Some(dir) = &args.save {
+            let mut dirs = vec![dir.clone()];
+            if variants.len() > 1 {
+                dirs.extend(variants.iter().map(|v| dir.join(&v.name)));
+            }
+            for d in dirs {
+                std::fs::create_dir_all(&d)
+                    .with_context(|| format!("cannot create {}", d.display()))?;
+                sw.save(&d.join("tokenizer.json"), meta.as_ref())?;
+            }
+        }
+        tokenizer_desc = Some(match origin {
+            TokenizerOrigin::Learned(m) => format!(
+                "learned: joint {:?}, {} entries, saved as {}",
+                m.kind,
+                corpus.tgt_vocab.len(),
+                here.display()
+            ),
+            TokenizerOrigin::Loaded(p, _) => {
+                format!("{}, {} entries", p.display(), corpus.tgt_vocab.len())
+            }
+        });
+        eprintln!("tokenizer: {}", tokenizer_desc.as_ref().unwrap());
     }
+
     let title = format!(
         "{} | {} params, {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
         data_desc,
@@ -506,41 +656,76 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         args.betas[1],
         steps
     );
-    plot::plot_curves(&results, &title, &args.out.join("curves.png"))?;
-    let summary = Summary {
-        preset: args.preset,
-        model: &model_cfg,
-        steps,
-        max_tokens: cfg.max_tokens,
-        lr: args.lr.unwrap_or(pv.lr),
-        betas: &args.betas,
-        data: data_desc,
-        train_pairs: corpus.train.len(),
-        valid_pairs: corpus.valid.len(),
-        device: format!("{dev:?}"),
-        seed: args.seed,
-        wall_seconds: wall.elapsed().as_secs_f64(),
-        variants: &results,
-    };
-    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-
-    println!("| variant | final valid ppl | best valid ppl | BLEU | ms/step |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in &results {
-        println!(
-            "| {} | {:.3} | {:.3} | {:.2} | {:.1} |",
-            r.variant, r.final_valid_ppl, r.best_valid_ppl, r.bleu, r.ms_per_step
+    let many = variants.len() > 1;
+    let mut results = Vec::new();
+    for v in &variants {
+        let sub = |d: &Option<PathBuf>| {
+            d.as_ref().map(|d| if many { d.join(&v.name) } else { d.clone() })
+        };
+        let vcfg = TrainConfig { save: sub(&args.save), resume: sub(&args.resume), ..cfg.clone() };
+        let mut r = train_variant(v, &vcfg, &train_data, &valid_data, &eval_data, &dev)
+            .with_context(|| format!("training {}", v.name))?;
+        // Translations, one line per line of the evaluation set's source, and their scores.
+        if !r.diverged {
+            let hyps: Vec<String> =
+                r.hyps.iter().map(|h| loaded.detok.text(h)).collect::<Result<_>>()?;
+            let hyp_path = args.out.join(format!("hyp.{}.txt", r.variant));
+            std::fs::write(&hyp_path, hyps.iter().map(|h| format!("{h}\n")).collect::<String>())
+                .with_context(|| format!("cannot write {}", hyp_path.display()))?;
+            r.scores = Some(sacrebleu::score_all(&hyps, &loaded.eval_refs[..hyps.len()]));
+        }
+        let sc = r.scores.unwrap_or_default();
+        eprintln!(
+            "{:>12}: valid ppl {:.3} (best {:.3}); {} BLEU {:.2} (lowercased {:.2}, tokenized {:.2}), chrF {:.2}; {:.1} ms/step, {:.0} tokens/s{}",
+            r.variant,
+            r.final_valid_ppl,
+            r.best_valid_ppl,
+            loaded.eval_name,
+            sc.bleu,
+            sc.bleu_lc,
+            sc.bleu_tok,
+            sc.chrf,
+            r.ms_per_step,
+            r.tokens_per_s,
+            if r.diverged { " (diverged)" } else { "" }
         );
+        results.push(r);
+        // Written after every variant, so that a long comparison keeps what it has done.
+        let summary = Summary {
+            preset: args.preset,
+            model: &model_cfg,
+            n_params,
+            steps,
+            max_tokens: cfg.max_tokens,
+            lr: args.lr.unwrap_or(pv.lr),
+            betas: &args.betas,
+            data: data_desc.clone(),
+            tokenizer: tokenizer_desc.clone(),
+            train_pairs: corpus.train.len(),
+            valid_pairs: corpus.valid.len(),
+            eval_set: loaded.eval_name,
+            eval_sentences: results.last().map(|r| r.hyps.len()).unwrap_or(0),
+            beam: cfg.beam,
+            device: format!("{dev:?}"),
+            seed: args.seed,
+            wall_seconds: wall.elapsed().as_secs_f64(),
+            variants: &results,
+        };
+        write_outputs(&args.out, &results, &title, &summary)?;
     }
+
+    print_table(&results, loaded.eval_name);
     println!(
-        "wall time {:.1} s; wrote {}/{{curves.csv,curves.png,summary.json}}",
+        "wall time {:.1} s; wrote {}/{{curves.csv,curves.png,summary.json,hyp.<variant>.txt{}}}",
         wall.elapsed().as_secs_f64(),
-        args.out.display()
+        args.out.display(),
+        if loaded.tokenizer.is_some() { ",tokenizer.json" } else { "" }
     );
     Ok(results)
 }
 
 fn main() -> Result<()> {
+    keep_freed_memory();
     let args = Args::parse();
     if args.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // Read by candle on every kernel launch; set before any runs, while single-threaded.
@@ -638,7 +823,8 @@ mod tests {
             let last = r.curve.last().unwrap().train_loss;
             assert!(last < first - 0.5, "{}: loss {first} -> {last}", r.variant);
             assert!(r.final_valid_ppl.is_finite() && r.final_valid_ppl < (first).exp());
-            assert!((0.0..=100.0).contains(&r.bleu));
+            let sc = r.scores.unwrap();
+            assert!((0.0..=100.0).contains(&sc.bleu) && (0.0..=100.0).contains(&sc.chrf));
         }
         for f in ["curves.csv", "curves.png", "summary.json"] {
             assert!(out.join(f).metadata()?.len() > 100, "{f}");
@@ -693,6 +879,277 @@ mod tests {
         assert_eq!(resumed[0].steps, 20);
         let (a, b) = (full[0].final_valid_loss, resumed[0].final_valid_loss);
         assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        Ok(())
+    }
+
+    /// Writes the first `n` pairs of a Multi30K split as plain files `name.de` / `name.en` in
+    /// `dir` (or `.gz` when `gz`).
+    fn slice(
+        m30k: &std::path::Path,
+        split: &str,
+        n: usize,
+        dir: &std::path::Path,
+        name: &str,
+        gz: bool,
+    ) -> Result<[PathBuf; 2]> {
+        let mut out = Vec::new();
+        for lang in ["de", "en"] {
+            let lines = text::read_lines(&m30k.join(format!("{split}.{lang}.gz")))?;
+            let body: String = lines[..n].iter().map(|l| format!("{l}\n")).collect();
+            let p = dir.join(format!("{name}.{lang}{}", if gz { ".gz" } else { "" }));
+            if gz {
+                text::tests::gz(&p, body.as_bytes());
+            } else {
+                std::fs::write(&p, body)?;
+            }
+            out.push(p);
+        }
+        Ok([out[0].clone(), out[1].clone()])
+    }
+
+    /// The smoke run of the real-data path: 500 raw Multi30K pairs (gzipped train, plain valid
+    /// and test), a learned BPE vocabulary, two variants; the loss falls, every output is
+    /// written, `hyp.<variant>.txt` has one line per test line, and a second run reuses the
+    /// tokenizer instead of learning another.
+    #[test]
+    fn raw_text_smoke_run_on_500_multi30k_pairs() -> Result<()> {
+        let Some(m30k) = text::tests::multi30k_dir() else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        let [trs, trt] = slice(&m30k, "train", 500, dir.path(), "train", true)?;
+        let [vas, vat] = slice(&m30k, "val", 40, dir.path(), "val", false)?;
+        let [tes, tet] = slice(&m30k, "test_2016_flickr", 25, dir.path(), "test", false)?;
+        let out = dir.path().join("out");
+        let p = |x: &PathBuf| x.to_str().unwrap().to_string();
+        let flags = vec![
+            "--train-src".to_string(),
+            p(&trs),
+            "--train-tgt".into(),
+            p(&trt),
+            "--valid-src".into(),
+            p(&vas),
+            "--valid-tgt".into(),
+            p(&vat),
+            "--test-src".into(),
+            p(&tes),
+            "--test-tgt".into(),
+            p(&tet),
+            "--vocab-size".into(),
+            "400".into(),
+            "--max-tokens".into(),
+            "600".into(),
+            "--beam".into(),
+            "2".into(),
+            "--share".into(),
+            "all".into(),
+            "--out".into(),
+            p(&out),
+        ];
+        let with = |extra: &[&str]| {
+            let mut v: Vec<&str> = flags.iter().map(String::as_str).collect();
+            v.extend_from_slice(extra);
+            args(&v)
+        };
+        let ck = dir.path().join("ck");
+        let res = run(with(&["--compare", "adam,radam", "--steps", "60", "--save", &p(&ck)]))?;
+        for r in &res {
+            let first = r.curve.first().unwrap().train_loss;
+            let last = r.curve.last().unwrap().train_loss;
+            assert!(last < first - 0.5, "{}: loss {first} -> {last}", r.variant);
+            let hyp = std::fs::read_to_string(out.join(format!("hyp.{}.txt", r.variant)))?;
+            assert_eq!(hyp.lines().count(), 25, "{}", r.variant);
+            let sc = r.scores.unwrap();
+            assert!((0.0..=100.0).contains(&sc.bleu) && sc.chrf > 0.0, "{sc:?}");
+        }
+        for f in
+            ["curves.csv", "curves.png", "summary.json", "tokenizer.json", "tokenizer.meta.json"]
+        {
+            assert!(out.join(f).metadata()?.len() > 50, "{f}");
+        }
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        assert_eq!(summary["eval_set"], "test");
+        assert_eq!(summary["beam"], 2);
+        // A later run on the same data reuses tokenizer.json (same file, same vocabulary)...
+        let before = std::fs::read(out.join("tokenizer.json"))?;
+        // The same variants trained one per run, then merged: the comparison's curves, scores
+        // and translations (deterministic on the CPU).
+        let one = |v: &str| dir.path().join(format!("one-{v}"));
+        for v in ["adam", "radam"] {
+            run(with(&["--compare", v, "--steps", "60", "--out", &p(&one(v))]))?;
+        }
+        let merged = dir.path().join("merged");
+        let m = run(with(&[
+            "--merge",
+            &format!("{},{}", p(&one("adam")), p(&one("radam"))),
+            "--out",
+            &p(&merged),
+        ]))?;
+        assert_eq!(m.len(), 2);
+        for (a, b) in res.iter().zip(&m) {
+            // (summary.json round trip: serde_json parses floats to within an ulp or so)
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
+            let (sa, sb) = (a.scores.unwrap(), b.scores.unwrap());
+            assert_eq!(a.variant, b.variant);
+            assert!(close(a.final_valid_ppl, b.final_valid_ppl), "{}", a.variant);
+            assert!(close(sa.bleu, sb.bleu) && close(sa.chrf, sb.chrf), "{sa:?} {sb:?}");
+            assert_eq!(a.curve.len(), b.curve.len(), "{}", a.variant);
+            let hyp =
+                |d: &PathBuf| std::fs::read_to_string(d.join(format!("hyp.{}.txt", a.variant)));
+            assert_eq!(hyp(&out)?, hyp(&merged)?);
+        }
+        assert!(merged.join("curves.png").exists() && merged.join("tokenizer.json").exists());
+        let csv = |d: &PathBuf| std::fs::read_to_string(d.join("curves.csv"));
+        assert_eq!(csv(&out)?, csv(&merged)?);
+        let e = format!(
+            "{:#}",
+            run(with(&[
+                "--merge",
+                &format!("{},{}", p(&out), p(&one("adam"))),
+                "--out",
+                &p(&merged)
+            ]))
+            .unwrap_err()
+        );
+        assert!(e.contains("occurs twice"), "{e}");
+        // --resume takes the checkpoint's tokenizer (here into a fresh --out), for a comparison
+        // and for one of its variants alone.
+        for (what, resume) in [("adam,radam", ck.clone()), ("radam", ck.join("radam"))] {
+            let out2 = dir.path().join(format!("out-{what}"));
+            let r = run(with(&[
+                "--compare",
+                what,
+                "--steps",
+                "62",
+                "--resume",
+                &p(&resume),
+                "--out",
+                &p(&out2),
+            ]))?;
+            assert!(r.iter().all(|r| r.steps == 62), "{what}");
+            assert_eq!(std::fs::read(out2.join("tokenizer.json"))?, before, "{what}");
+        }
+        let again = run(with(&["--optimizer", "radam", "--steps", "5"]))?;
+        assert_eq!(std::fs::read(out.join("tokenizer.json"))?, before);
+        assert_eq!(again.len(), 1);
+        // ... and refuses one learned with other settings rather than overwrite it.
+        let e = format!(
+            "{:#}",
+            run(with(&["--optimizer", "radam", "--vocab-size", "300"])).unwrap_err()
+        );
+        assert!(e.contains("tokenizer.json exists") && e.contains("300"), "{e}");
+        Ok(())
+    }
+
+    /// Already-tokenized (BPE-split) text, as fairseq's IWSLT'14 files: whitespace tokens are the
+    /// vocabulary, `@@ ` is undone in the hypotheses and references, no tokenizer.json.
+    #[test]
+    fn pretokenized_bpe_text_still_trains() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let d = |n: &str| dir.path().join(n);
+        let src: String = (0..60).map(|i| format!("ein hun@@ d {i} läuft .\n")).collect();
+        let tgt: String = (0..60).map(|i| format!("a do@@ g {i} runs .\n")).collect();
+        for (n, t) in [("tr.de", &src), ("tr.en", &tgt)] {
+            std::fs::write(d(n), t)?;
+        }
+        let first10 = |t: &str| t.lines().take(10).map(|l| format!("{l}\n")).collect::<String>();
+        text::tests::gz(&d("va.de.gz"), first10(&src).as_bytes());
+        text::tests::gz(&d("va.en.gz"), first10(&tgt).as_bytes());
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        let out = d("out");
+        let res = run(args(&[
+            "--train-src",
+            &s(d("tr.de")),
+            "--train-tgt",
+            &s(d("tr.en")),
+            "--valid-src",
+            &s(d("va.de.gz")),
+            "--valid-tgt",
+            &s(d("va.en.gz")),
+            "--optimizer",
+            "radam",
+            "--subword",
+            "none",
+            "--remove-bpe",
+            "--joined-vocab",
+            "--share",
+            "all",
+            "--steps",
+            "30",
+            "--out",
+            &s(out.clone()),
+        ]))?;
+        let first = res[0].curve.first().unwrap().train_loss;
+        let last = res[0].curve.last().unwrap().train_loss;
+        assert!(last < first - 0.5, "loss {first} -> {last}");
+        let hyp = std::fs::read_to_string(out.join("hyp.radam.txt"))?;
+        assert_eq!(hyp.lines().count(), 10);
+        assert!(!hyp.contains("@@"), "{hyp}");
+        assert!(!out.join("tokenizer.json").exists());
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        assert_eq!(summary["eval_set"], "valid");
+        assert_eq!(summary["beam"], 1);
+        Ok(())
+    }
+
+    /// Bad input is reported with the file (and line) and leaves no output behind.
+    #[test]
+    fn bad_input_writes_nothing() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let d = |n: &str| dir.path().join(n);
+        std::fs::write(d("tr.de"), "Ein Hund.\nZwei Katzen.\n")?;
+        std::fs::write(d("tr.en"), "A dog.\nTwo cats.\n")?;
+        std::fs::write(d("va.de"), "Ein Hund.\n")?;
+        std::fs::write(d("va.en"), b"A d\xf6g.\n")?;
+        std::fs::write(d("short.en"), "A dog.\n")?;
+        let out = d("out");
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        let try_run = |tt: &str, vt: &str| {
+            run(args(&[
+                "--train-src",
+                &s(d("tr.de")),
+                "--train-tgt",
+                &s(d(tt)),
+                "--valid-src",
+                &s(d("va.de")),
+                "--valid-tgt",
+                &s(d(vt)),
+                "--vocab-size",
+                "100",
+                "--out",
+                &s(out.clone()),
+            ]))
+            .map(|_| ())
+            .unwrap_err()
+        };
+        let e = format!("{:#}", try_run("tr.en", "va.en"));
+        assert!(e.contains("va.en:1: invalid UTF-8 at byte 4"), "{e}");
+        let e = format!("{:#}", try_run("short.en", "va.en"));
+        assert!(e.contains("2 lines") && e.contains("short.en"), "{e}");
+        assert!(!out.exists(), "an output directory was created for bad input");
+        // --out naming a file is refused before any work.
+        let e = run(args(&["--out", &s(d("tr.de"))])).unwrap_err().to_string();
+        assert!(e.contains("expected a directory"), "{e}");
+        // --remove-bpe only with already-tokenized text.
+        let e = format!(
+            "{:#}",
+            run(args(&[
+                "--train-src",
+                &s(d("tr.de")),
+                "--train-tgt",
+                &s(d("tr.en")),
+                "--valid-src",
+                &s(d("tr.de")),
+                "--valid-tgt",
+                &s(d("tr.en")),
+                "--remove-bpe",
+                "--out",
+                &s(out.clone()),
+            ]))
+            .unwrap_err()
+        );
+        assert!(e.contains("--subword none"), "{e}");
+        assert!(!out.exists());
         Ok(())
     }
 

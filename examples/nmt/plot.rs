@@ -52,7 +52,9 @@ pub fn plot_curves(results: &[VariantResult], title: &str, path: &Path) -> Resul
     register_font();
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let root = root.titled(title, ("sans-serif", 26)).map_err(|e| anyhow!("{e}"))?;
+    // Smaller type for long titles, so that they fit the 1400 px width.
+    let size = 26.0f64.min(2500.0 / title.chars().count().max(1) as f64);
+    let root = root.titled(title, ("sans-serif", size)).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(700);
     let max_step =
         results.iter().flat_map(|r| r.curve.iter().map(|p| p.step)).max().unwrap_or(1) as f64;

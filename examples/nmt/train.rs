@@ -1,8 +1,7 @@
-//! Training loop, the paper's optimizer variants, evaluation (valid loss, greedy decoding, BLEU)
-//! and checkpoints.
+//! Training loop, the paper's optimizer variants, evaluation (valid loss, greedy and beam
+//! decoding) and checkpoints. Scoring the translations is the caller's (`sacrebleu.rs`).
 
-use crate::bleu::{corpus_bleu, remove_bpe};
-use crate::data::{BatchStream, Dataset, Vocab, BOS, EOS, PAD};
+use crate::data::{BatchStream, Dataset, BOS, EOS, PAD};
 use crate::model::{build, Dropout, ModelConfig, Transformer};
 use crate::schedule::Schedule;
 use anyhow::{bail, Context, Result};
@@ -34,19 +33,18 @@ pub struct TrainConfig {
     pub clip_norm: f64,
     pub eval_every: u64,
     pub log_every: u64,
-    /// Sentences of the valid set decoded for BLEU (0: all).
+    /// Sentences of the evaluation set translated at the end (0: all).
     pub bleu_sentences: usize,
     pub max_decode_extra: usize,
-    /// Beam size for the final BLEU (1: greedy).
+    /// Beam size for the final translations (1: greedy).
     pub beam: usize,
     pub seed: u64,
-    pub remove_bpe: bool,
     pub save: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub progress: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CurvePoint {
     pub step: u64,
     pub lr: f64,
@@ -56,20 +54,35 @@ pub struct CurvePoint {
     pub valid_ppl: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// JSON writes infinite numbers (a diverged run's perplexity) as `null`: read them back as inf.
+fn null_as_inf<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantResult {
     pub variant: String,
     pub steps: u64,
+    #[serde(deserialize_with = "null_as_inf")]
     pub final_valid_loss: f64,
+    #[serde(deserialize_with = "null_as_inf")]
     pub final_valid_ppl: f64,
+    #[serde(deserialize_with = "null_as_inf")]
     pub best_valid_ppl: f64,
-    pub bleu: f64,
+    /// Scores of the final translations of the evaluation set, set by the caller.
+    pub scores: Option<crate::sacrebleu::TextScores>,
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
     pub train_seconds: f64,
+    /// Wall time of the final translations (beam search).
+    pub translate_seconds: f64,
     pub diverged: bool,
     #[serde(skip)]
     pub curve: Vec<CurvePoint>,
+    /// Final translations of the evaluation set (target ids without `</s>`, in dataset order);
+    /// empty when the run diverged.
+    #[serde(skip)]
+    pub hyps: Vec<Vec<u32>>,
 }
 
 /// Label-smoothed cross entropy as fairseq's `label_smoothed_cross_entropy`:
@@ -276,28 +289,6 @@ pub fn beam_decode(
     Ok(out)
 }
 
-/// BLEU of greedy (or beam, `cfg.beam > 1`) translations of the valid set.
-pub fn bleu_on(
-    model: &Transformer,
-    data: &Dataset,
-    vocab: &Vocab,
-    cfg: &TrainConfig,
-) -> Result<f64> {
-    let hyps = beam_decode(
-        model,
-        data,
-        cfg.bleu_sentences,
-        cfg.max_decode_extra,
-        cfg.max_tokens,
-        cfg.beam,
-    )?;
-    let post = |t: Vec<String>| if cfg.remove_bpe { remove_bpe(&t) } else { t };
-    let hyp_tok: Vec<Vec<String>> = hyps.iter().map(|h| post(vocab.decode(h))).collect();
-    let ref_tok: Vec<Vec<String>> =
-        data.tgt[..hyps.len()].iter().map(|r| post(vocab.decode(r))).collect();
-    Ok(corpus_bleu(&hyp_tok, &ref_tok).score)
-}
-
 #[derive(Serialize, Deserialize)]
 struct CheckpointMeta {
     step: u64,
@@ -359,13 +350,14 @@ fn load_checkpoint(
     Ok(meta.step)
 }
 
-/// Trains one variant from the seeded initialization and data order; evaluates on `valid`.
+/// Trains one variant from the seeded initialization and data order, validates on `valid` and
+/// translates `eval` at the end (beam search with `cfg.beam`).
 pub fn train_variant(
     variant: &Variant,
     cfg: &TrainConfig,
     train: &Dataset,
     valid: &Dataset,
-    tgt_vocab: &Vocab,
+    eval: &Dataset,
     device: &Device,
 ) -> Result<VariantResult> {
     let (mut varmap, model) = build(&cfg.model, cfg.seed, device)?;
@@ -475,7 +467,19 @@ pub fn train_variant(
     if let Some(dir) = &cfg.save {
         save_checkpoint(dir, &varmap, &opt, &variant.name, &cfg.model)?;
     }
-    let bleu = if diverged { 0.0 } else { bleu_on(&model, valid, tgt_vocab, cfg)? };
+    let t_translate = Instant::now();
+    let hyps = if diverged {
+        Vec::new()
+    } else {
+        beam_decode(
+            &model,
+            eval,
+            cfg.bleu_sentences,
+            cfg.max_decode_extra,
+            cfg.max_tokens,
+            cfg.beam,
+        )?
+    };
     if diverged {
         last_valid = (f64::INFINITY, f64::INFINITY);
     }
@@ -485,12 +489,14 @@ pub fn train_variant(
         final_valid_loss: last_valid.0,
         final_valid_ppl: last_valid.1,
         best_valid_ppl: best_ppl,
-        bleu,
+        scores: None,
         ms_per_step: 1000.0 * train_time / steps_done.max(1) as f64,
         tokens_per_s: tokens as f64 / train_time.max(1e-9),
         train_seconds: train_time,
+        translate_seconds: t_translate.elapsed().as_secs_f64(),
         diverged,
         curve,
+        hyps,
     })
 }
 

@@ -10,17 +10,18 @@
 //! (defined for rho_t > 4; RAdam takes un-adapted momentum steps while rho_t <= 5).
 //!
 //! ```text
-//! cargo run --release --example variance                  # table + docs/variance.png
-//! cargo run --release --example variance -- --mus 0,1,10 --steps 10000 --runs 4000 --beta2 0.999 --out docs/variance.png
+//! cargo run --release --example variance                  # table; out/variance/{variance.png,variance.csv}
+//! cargo run --release --example variance -- --mus 0,1,10 --steps 10000 --runs 4000 --beta2 0.999 --out docs
 //! ```
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -42,8 +43,9 @@ struct Args {
     beta2: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// PNG output.
-    #[arg(long, default_value = "out/variance.png")]
+    /// Output directory (created if needed): variance.png (the plot) and variance.csv (one row
+    /// per step: t, rho_t, r_t, and per mu Var[psi_t] and Var[r_t psi_t]).
+    #[arg(long, default_value = "out/variance")]
     out: PathBuf,
 }
 
@@ -103,10 +105,49 @@ pub fn simulate(mu: f64, beta2: f64, steps: usize, runs: usize, seed: u64) -> Cu
     Curves { adam, radam }
 }
 
-fn plot(args: &Args, curves: &[(f64, Curves)]) -> Result<()> {
+/// Creates `--out` and `variance.csv` in it, before the simulation: an unusable path fails here.
+fn open_outputs(out: &Path) -> Result<(PathBuf, std::fs::File)> {
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {}: expected an output directory (for variance.png and variance.csv), found a file",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create the output directory", out.display()))?;
+    let csv = out.join("variance.csv");
+    let f = std::fs::File::create(&csv)
+        .with_context(|| format!("--out {}: cannot write {}", out.display(), csv.display()))?;
+    Ok((out.join("variance.png"), f))
+}
+
+/// One row per step: `t,rho_t,r_t,var_psi_mu<mu>,var_rpsi_mu<mu>,...` (`r_t` and the rectified
+/// variance empty where `rho_t <= 4`).
+fn write_csv(mut f: impl Write, beta2: f64, curves: &[(f64, Curves)]) -> Result<()> {
+    write!(f, "t,rho_t,r_t")?;
+    for (mu, _) in curves {
+        write!(f, ",var_psi_mu{mu},var_rpsi_mu{mu}")?;
+    }
+    writeln!(f)?;
+    let steps = curves.first().map(|c| c.1.adam.len()).unwrap_or(0);
+    for t in 1..=steps {
+        let r = r_t(beta2, t).map(|r| format!("{r:.6}")).unwrap_or_default();
+        write!(f, "{t},{:.6},{r}", rho_t(beta2, t))?;
+        for (_, c) in curves {
+            let rv = c.radam[t - 1];
+            let rv = if rv.is_finite() { format!("{rv:.6e}") } else { String::new() };
+            write!(f, ",{:.6e},{rv}", c.adam[t - 1])?;
+        }
+        writeln!(f)?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn plot(png: &Path, args: &Args, curves: &[(f64, Curves)]) -> Result<()> {
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     let n = curves.len().max(1) as u32;
-    let root = BitMapBackend::new(&args.out, (520 * n, 500)).into_drawing_area();
+    let root = BitMapBackend::new(png, (520 * n, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let root = root
         .titled(
@@ -203,6 +244,7 @@ fn main() -> Result<()> {
     if !(0.0..1.0).contains(&args.beta2) || args.steps == 0 || args.runs < 2 {
         anyhow::bail!("need 0 <= beta2 < 1, steps >= 1, runs >= 2");
     }
+    let (png, csv) = open_outputs(&args.out)?;
     let start = std::time::Instant::now();
     let curves: Vec<(f64, Curves)> = args
         .mus
@@ -244,13 +286,13 @@ fn main() -> Result<()> {
         }
         println!();
     }
-    if let Some(dir) = args.out.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    plot(&args, &curves)?;
-    eprintln!("wrote {} in {:.1} s", args.out.display(), start.elapsed().as_secs_f64());
+    write_csv(std::io::BufWriter::new(csv), args.beta2, &curves)?;
+    plot(&png, &args, &curves)?;
+    eprintln!(
+        "wrote {}/{{variance.png,variance.csv}} in {:.1} s",
+        args.out.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -289,5 +331,36 @@ mod tests {
         }
         // Deterministic.
         assert_eq!(simulate(0.0, b2, 20, 100, 3).adam, simulate(0.0, b2, 20, 100, 3).adam);
+    }
+
+    /// `--out` is a directory; a file or an uncreatable path is an error before the simulation,
+    /// naming what was expected; the CSV has one row per step.
+    #[test]
+    fn out_is_a_directory_checked_up_front() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let file = tmp.path().join("fig.png");
+        std::fs::write(&file, "x")?;
+        let e = format!("{:#}", open_outputs(&file).unwrap_err());
+        assert!(e.contains("expected an output directory"), "{e}");
+        let e = format!("{:#}", open_outputs(&file.join("sub")).unwrap_err());
+        assert!(e.contains("cannot create the output directory"), "{e}");
+
+        let dir = tmp.path().join("a/b");
+        let (png, csv) = open_outputs(&dir)?;
+        assert_eq!(png, dir.join("variance.png"));
+        let curves =
+            vec![(0.0, simulate(0.0, 0.98, 6, 50, 1)), (10.0, simulate(10.0, 0.98, 6, 50, 2))];
+        write_csv(csv, 0.98, &curves)?;
+        let args =
+            Args::try_parse_from(["variance", "--steps", "6", "--runs", "50", "--beta2", "0.98"])?;
+        plot(&png, &args, &curves)?;
+        let text = std::fs::read_to_string(dir.join("variance.csv"))?;
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows[0], "t,rho_t,r_t,var_psi_mu0,var_rpsi_mu0,var_psi_mu10,var_rpsi_mu10");
+        assert_eq!(rows.len(), 7);
+        assert!(rows[4].starts_with("4,") && rows[4].split(',').nth(2) == Some(""), "{}", rows[4]);
+        assert!(rows[5].starts_with("5,") && rows[5].split(',').nth(2) != Some(""), "{}", rows[5]);
+        assert!(std::fs::metadata(&png)?.len() > 1000);
+        Ok(())
     }
 }

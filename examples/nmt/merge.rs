@@ -1,0 +1,119 @@
+//! `--merge DIR,DIR,...`: one comparison from runs of single variants that were trained
+//! separately (e.g. in parallel, one process each, with the same flags and `--compare <variant>`).
+//! Every variant starts from the same seeded initialization and sees the same batches whether it
+//! is trained alone or in a comparison, so the merged outputs are those the comparison would have
+//! written (timings aside).
+//!
+//! Reads `summary.json`, `curves.csv` and `hyp.<variant>.txt` of each directory; writes the
+//! combined `curves.csv`, `curves.png`, `summary.json` (with `merged_from`) and copies the
+//! hypotheses and `tokenizer.json` to `--out`.
+
+use crate::train::{CurvePoint, VariantResult};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The curve of `variant` from a `curves.csv` written by this example.
+fn read_curve(path: &Path, variant: &str) -> Result<Vec<CurvePoint>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let opt =
+        |s: &str| -> Result<Option<f64>> { Ok(if s.is_empty() { None } else { Some(s.parse()?) }) };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 6 {
+            bail!("{}:{}: expected 6 fields, found {}", path.display(), i + 1, f.len());
+        }
+        if f[1] != variant {
+            continue;
+        }
+        let parse = || -> Result<CurvePoint> {
+            Ok(CurvePoint {
+                step: f[0].parse()?,
+                lr: f[2].parse()?,
+                train_loss: f[3].parse()?,
+                valid_loss: opt(f[4])?,
+                valid_ppl: opt(f[5])?,
+            })
+        };
+        out.push(parse().with_context(|| format!("{}:{}", path.display(), i + 1))?);
+    }
+    Ok(out)
+}
+
+/// The settings two runs must share to be compared.
+const SAME: [&str; 8] =
+    ["preset", "model", "steps", "max_tokens", "data", "seed", "eval_set", "beam"];
+
+/// Merges the runs in `dirs` into `out`; returns the merged variants in the order given.
+///
+/// Errors: a directory without this example's outputs, runs whose settings differ (model,
+/// steps, batch size, data, seed, evaluation set, beam), a variant that occurs twice.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
+    let mut first: Option<Value> = None;
+    let mut results: Vec<VariantResult> = Vec::new();
+    let mut hyps = Vec::new();
+    for dir in dirs {
+        let p = dir.join("summary.json");
+        let s: Value = serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not a summary.json of this example", p.display()))?;
+        if let Some(f) = &first {
+            for k in SAME {
+                if f[k] != s[k] {
+                    bail!(
+                        "{}: {k} is {} but {} in {}; only runs with the same settings can be merged",
+                        dir.display(),
+                        s[k],
+                        f[k],
+                        dirs[0].display()
+                    );
+                }
+            }
+        }
+        let vars: Vec<VariantResult> = serde_json::from_value(s["variants"].clone())
+            .with_context(|| format!("{}: variants", p.display()))?;
+        for mut v in vars {
+            if results.iter().any(|r| r.variant == v.variant) {
+                bail!("variant {} occurs twice", v.variant);
+            }
+            v.curve = read_curve(&dir.join("curves.csv"), &v.variant)?;
+            let h = dir.join(format!("hyp.{}.txt", v.variant));
+            if h.exists() {
+                hyps.push(h);
+            }
+            results.push(v);
+        }
+        first.get_or_insert(s);
+    }
+    let Some(mut summary) = first else { bail!("--merge: no directory given") };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for h in &hyps {
+        std::fs::copy(h, out.join(h.file_name().unwrap()))
+            .with_context(|| format!("cannot copy {}", h.display()))?;
+    }
+    for name in ["tokenizer.json", "tokenizer.meta.json"] {
+        let t = dirs[0].join(name);
+        if t.exists() && !out.join(name).exists() {
+            std::fs::copy(&t, out.join(name))?;
+        }
+    }
+    summary["variants"] = serde_json::to_value(&results)?;
+    summary["merged_from"] = dirs.iter().map(|d| d.display().to_string()).collect();
+    summary["wall_seconds"] = Value::Null;
+    let title = format!(
+        "{} | {} params, {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
+        summary["data"].as_str().unwrap_or(""),
+        summary["n_params"],
+        summary["model"]["enc_layers"],
+        summary["model"]["dec_layers"],
+        summary["lr"],
+        summary["betas"][0],
+        summary["betas"][1],
+        summary["steps"]
+    );
+    crate::write_outputs(out, &results, &title, &summary)?;
+    Ok(results)
+}
