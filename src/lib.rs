@@ -97,6 +97,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clip;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -105,6 +106,7 @@ mod moments;
 mod optimizer;
 mod params;
 pub mod rule;
+mod scaler;
 mod state;
 
 pub use groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
@@ -112,6 +114,7 @@ pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
 pub use rule::{StepScalars, Update};
+pub use scaler::LossScaler;
 pub use state::LoadReport;
 
 #[cfg(feature = "cuda")]
