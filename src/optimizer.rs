@@ -474,9 +474,10 @@ impl candle_nn::Optimizer for RAdam {
     /// also sums the squares of every gradient (one read of each) and the update multiplies
     /// every gradient by `clip coefficient / loss scale` ([`crate::clip`]). With a loss scaler,
     /// a step with a NaN / inf gradient is skipped (counted in [`RAdam::skipped_steps`]) and the
-    /// scale backs off, whatever [`NonFinite`] says; a clean step advances the scaler. Variables without a gradient
-    /// are skipped: their moments do not decay and their step counts do not advance (torch's
-    /// `p.grad is None`). A call in which no variable has a gradient changes nothing, not even
+    /// scale backs off, whatever [`NonFinite`] says; a clean step advances the scaler.
+    ///
+    /// Variables without a gradient are skipped: their moments do not decay and their step
+    /// counts do not advance (torch's `p.grad is None`). A call in which no variable has a gradient changes nothing, not even
     /// [`RAdam::step_count`].
     ///
     /// Errors, changing nothing, while a learning rate rejected by `set_learning_rate` is in
@@ -596,8 +597,8 @@ impl RAdam {
     }
 
     /// The global L2 norm of the gradients of the last step, unclipped and unscaled (divided by
-    /// the loss scale): what fairseq logs as `gnorm`. NaN / inf for a step skipped for a
-    /// non-finite gradient. `None` until a step computes it (only with clipping or loss scaling
+    /// the loss scale): what fairseq logs as `gnorm`. NaN / inf for a step skipped or refused
+    /// for a non-finite gradient. `None` until a step computes it (only with clipping or loss scaling
     /// on: the plain guard does not sum squares).
     pub fn last_grad_norm(&self) -> Option<f64> {
         self.last_grad_norm
