@@ -81,7 +81,7 @@ fn grads(
     bad: &[u64],
 ) -> Result<(GradStore, GradStore)> {
     let mut rng = StdRng::seed_from_u64(100 + t);
-    let f = if t % 2 == 0 { 0.02 } else { 1.0 };
+    let f = if t.is_multiple_of(2) { 0.02 } else { 1.0 };
     let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
     for ((name, c), (_, g)) in pair.0.iter().zip(&pair.1) {
         let n = c.elem_count();
