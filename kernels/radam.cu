@@ -80,7 +80,8 @@ __device__ __forceinline__ float radam_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double radam_sqrt(double x) { return sqrt(x); }
 
 // One scalar set (one (group, t) of the step), already rounded to the math type on the host.
-// Must match `scalar_words` in src/cuda.rs: 8 x f32 words (32 bytes) or 8 x f64 words (64 bytes).
+// Must match `scalar_words` in src/cuda.rs: 10 x 4 bytes (40 bytes, f32 sets) or 8 x 8 bytes then
+// the int32 update and its padding (72 bytes, f64 sets).
 template <typename S> struct Scalars {
     S one_minus_beta1;  // 1 - beta1 (0 during v-only steps)
     S beta2;            // second-moment decay
@@ -89,10 +90,12 @@ template <typename S> struct Scalars {
     S eps;              // added to sqrt(v)
     S l2;               // coupled weight decay (0 when decoupled)
     S decay;            // decoupled decay multiplier (1 when coupled)
+    S grad_mult;        // clip coefficient / loss scale (src/clip.rs), 1 when neither is on
     int32_t update;     // 0 adaptive, 1 sgd, 2 frozen (`Update` in src/rule.rs)
+    int32_t pad;        // keeps the f32 set a whole number of u64 words
 };
-static_assert(sizeof(Scalars<float>) == 32, "f32 scalar set: 8 words of 4 bytes (src/cuda.rs)");
-static_assert(sizeof(Scalars<double>) == 64, "f64 scalar set: 8 words of 8 bytes (src/cuda.rs)");
+static_assert(sizeof(Scalars<float>) == 40, "f32 scalar set: 10 words of 4 bytes (src/cuda.rs)");
+static_assert(sizeof(Scalars<double>) == 72, "f64 scalar set: 9 words of 8 bytes (src/cuda.rs)");
 
 // ---------------------------------------------------------------------------------------------
 // The math of one element. `update`: 0 adaptive, 1 sgd, 2 frozen (uniform across a block).
@@ -101,9 +104,8 @@ static_assert(sizeof(Scalars<double>) == 64, "f64 scalar set: 8 words of 8 bytes
 
 template <typename S>
 __device__ __forceinline__ S radam_elem(S p, S grad, S& m, S& v, const Scalars<S>& k, int update) {
-    // (A per-step gradient multiplier, clip coefficient or inverse loss scale, would scale `grad`
-    // here, before weight decay.)
-    S g = grad + k.l2 * p;                                  // L2 weight decay folded into the grad
+    // Clip coefficient / loss scale (exactly 1 when off: g * 1 == g), then L2 weight decay.
+    S g = grad * k.grad_mult + k.l2 * p;
     m = m + k.one_minus_beta1 * (g - m);                    // first moment, torch's lerp form
     v = k.beta2 * v + k.one_minus_beta2 * g * g;            // second moment
     if (update == 0) {
@@ -214,6 +216,51 @@ __device__ __forceinline__ void radam_check(const Entry* __restrict__ table,
     if (__syncthreads_or(bad) && threadIdx.x == 0) flags[e.item] = 1;
 }
 
+// Sum of squares of the grad chunk (global-norm clipping, src/clip.rs): writes the block's sum to
+// partials[blockIdx.x]; the host adds the partials of each tensor, then the tensors, in f64.
+// Accumulation: every element converted exactly to double and squared there (an f32 / f16 / bf16
+// square is exact in f64), each thread summing its strided elements in f64, then a fixed-order
+// f64 tree over the block in shared memory: the relative error is at most ~(16 + 8 + log2 of the
+// block count) * 2^-53 of the sum, far below the f32 rounding of the clip coefficient, and the
+// result is deterministic (no atomics). A NaN / inf element makes the partial NaN / inf, which
+// the host treats as a non-finite gradient. 128-bit loads when the grad is 16-byte aligned.
+template <typename P>
+__device__ __forceinline__ void radam_sumsq(const Entry* __restrict__ table,
+                                            const uint32_t* __restrict__ block_map,
+                                            double* __restrict__ partials) {
+    __shared__ double sh[RADAM_THREADS];
+    const Entry e = table[block_map[blockIdx.x]];
+    const P* __restrict__ g = reinterpret_cast<const P*>(e.g);
+    const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
+    const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    constexpr int VEC = 16 / sizeof(P);
+    double acc = 0.0;
+    uint64_t scalar_from = start;
+    if (e.flags & 2) {
+        const uint64_t vec_end = start + (end - start) / VEC * VEC;
+        for (uint64_t i = start + (uint64_t)threadIdx.x * VEC; i < vec_end; i += (uint64_t)blockDim.x * VEC) {
+            const Vec<P, VEC> gv = load_vec<P, VEC>(g + i);
+#pragma unroll
+            for (int j = 0; j < VEC; j++) {
+                const double x = (double)Traits<P>::load(gv.x[j]);
+                acc += x * x;
+            }
+        }
+        scalar_from = vec_end;
+    }
+    for (uint64_t i = scalar_from + threadIdx.x; i < end; i += blockDim.x) {
+        const double x = (double)Traits<P>::load(g[i]);
+        acc += x * x;
+    }
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = RADAM_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partials[blockIdx.x] = sh[0];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entry points (one per param dtype). `sets`: the step's scalar sets in the math type S.
 
@@ -235,6 +282,19 @@ RADAM_ENTRY(radam_mt_bf16, __nv_bfloat16, float)
     NAME(const Entry* table, const uint32_t* block_map, uint32_t* flags) {                     \
         radam_check<U, MASK>(table, block_map, flags);                                         \
     }
+
+#define RADAM_SUMSQ_ENTRY(NAME, P)                                                              \
+    extern "C" __global__ void __launch_bounds__(RADAM_THREADS)                                \
+    NAME(const Entry* table, const uint32_t* block_map, double* partials) {                    \
+        radam_sumsq<P>(table, block_map, partials);                                            \
+    }
+
+RADAM_SUMSQ_ENTRY(radam_sumsq_f32, float)
+RADAM_SUMSQ_ENTRY(radam_sumsq_f64, double)
+RADAM_SUMSQ_ENTRY(radam_sumsq_f16, __half)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+RADAM_SUMSQ_ENTRY(radam_sumsq_bf16, __nv_bfloat16)
+#endif
 
 RADAM_CHECK_ENTRY(radam_check_b16h, uint16_t, (uint16_t)0x7c00u)            // f16
 RADAM_CHECK_ENTRY(radam_check_b16b, uint16_t, (uint16_t)0x7f80u)            // bf16

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """PyTorch reference timings for the README table, on the layouts of examples/bench.rs.
 
-Times torch.optim.AdamW(fused=True), torch.optim.RAdam(foreach=True) and RAdam(foreach=False), and
-a torch copy probe moving the same 28 bytes per f32 parameter, interleaved, medians of rounds.
+Times torch.optim.AdamW(fused=True), torch.optim.RAdam(foreach=True) and RAdam(foreach=False),
+the clipped and loss-scaled step (``torch.nn.utils.clip_grad_norm_`` + RAdam(foreach=True), and
+``GradScaler.unscale_`` + ``clip_grad_norm_`` + ``GradScaler.step`` / ``update`` around it: what
+candle-radam's "guard + clip + unscale" row does in one read), and a torch copy probe moving the
+same 28 bytes per f32 parameter, interleaved, medians of rounds.
 
     python3 scripts/bench_torch.py                      # CPU, mixed layout (~10M params)
     python3 scripts/bench_torch.py --device cuda        # gpt2 + 1b layouts
@@ -55,11 +58,31 @@ def bench(layout, dev, steps, rounds):
     }
     if layout != "1b":
         opts["torch RAdam(foreach=False)"] = torch.optim.RAdam(params, lr=1e-4, foreach=False)
+    clip_opt = torch.optim.RAdam(params, lr=1e-4, foreach=True)
+
+    def clip_step():
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        clip_opt.step()
+
+    # init_scale 1: unscale_ then multiplies by 1 (same work), so the repeated steps on the same
+    # gradients never drive them into denormals.
+    scaler = torch.amp.GradScaler(dev.type, init_scale=1.0, growth_interval=1 << 30)
+    scaler.scale(torch.ones((), device=dev))
+    amp_opt = torch.optim.RAdam(params, lr=1e-4, foreach=True)
+
+    def amp_step():
+        scaler.unscale_(amp_opt)
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        scaler.step(amp_opt)
+        scaler.update()
+
     nbytes = 28 * n
     src = torch.ones(nbytes // 2, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     fns = {"copy probe (same bytes)": lambda: dst.copy_(src)}
     fns.update({k: o.step for k, o in opts.items()})
+    fns["clip_grad_norm_ + RAdam(foreach)"] = clip_step
+    fns["unscale_+clip+RAdam(foreach)"] = amp_step
     for f in fns.values():
         f()  # warm-up (state allocation)
     times = {k: [] for k in fns}
@@ -67,10 +90,10 @@ def bench(layout, dev, steps, rounds):
         for k, f in fns.items():
             times[k].append(time_ms(dev, steps, f))
     c = statistics.median(times["copy probe (same bytes)"])
-    print(f"{'method':<30} {'ms/step':>10} {'GB/s':>9} {'vs copy':>9}")
+    print(f"{'method':<34} {'ms/step':>10} {'GB/s':>9} {'vs copy':>9}")
     for k in fns:
         ms = statistics.median(times[k])
-        print(f"{k:<30} {ms:>10.3f} {nbytes / ms / 1e6:>9.1f} {c / ms:>9.3f}")
+        print(f"{k:<34} {ms:>10.3f} {nbytes / ms / 1e6:>9.1f} {c / ms:>9.3f}")
 
 
 def main():

@@ -103,6 +103,7 @@ struct Coeffs<C> {
     eps: C,
     l2: C,
     decay: C,
+    grad_mult: C,
 }
 
 impl<C: Real> Coeffs<C> {
@@ -116,6 +117,7 @@ impl<C: Real> Coeffs<C> {
             eps: C::of(k.eps),
             l2: C::of(k.l2),
             decay: C::of(k.decay),
+            grad_mult: C::of(k.grad_mult),
         }
     }
 }
@@ -128,8 +130,8 @@ fn fused<C: Real, const UPDATE: u8>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
     let zero = C::of(0.0);
     for i in 0..n {
-        // (A per-step gradient multiplier would scale g[i] here, before weight decay.)
-        let g = g[i] + k.l2 * p[i]; // L2 weight decay (l2 = 0 when decoupled)
+        // Clip coefficient / loss scale (exactly 1 when off), then L2 (l2 = 0 when decoupled).
+        let g = g[i] * k.grad_mult + k.l2 * p[i];
         let mi = m[i] + k.one_minus_beta1 * (g - m[i]); // first moment, lerp form as torch
         let vi = k.beta2 * v[i] + k.one_minus_beta2 * g * g; // second moment
         m[i] = mi;
@@ -173,6 +175,31 @@ trait Element: Copy + Send + Sync + 'static {
     );
     /// True if any element is a NaN or an infinity (exponent bits all ones), branch-free.
     fn any_nonfinite(x: &[Self]) -> bool;
+    /// The sum of the squares of the elements, accumulated in f64 (NaN / inf if any element is).
+    fn sumsq(x: &[Self]) -> f64;
+}
+
+/// Lanes of [`sumsq_lanes`]: independent f64 accumulators, so the loop vectorizes (two AVX2
+/// registers) and the summation order is fixed, whatever the machine.
+const SUMSQ_LANES: usize = 8;
+
+/// `sum(x_i^2)` in f64 over elements converted exactly to f64 (an f32 / f16 / bf16 square is
+/// exact in f64, so only the additions round: relative error below `n * 2^-53`).
+#[inline(always)]
+fn sumsq_lanes<T: Copy>(x: &[T], to_f64: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; SUMSQ_LANES];
+    let mut it = x.chunks_exact(SUMSQ_LANES);
+    for c in &mut it {
+        for j in 0..SUMSQ_LANES {
+            let y = to_f64(c[j]);
+            acc[j] += y * y;
+        }
+    }
+    for (j, e) in it.remainder().iter().enumerate() {
+        let y = to_f64(*e);
+        acc[j] += y * y;
+    }
+    acc.iter().sum()
 }
 
 macro_rules! storage_access {
@@ -213,6 +240,10 @@ macro_rules! full_element {
             type Acc = $t;
             storage_access!($variant);
             nonfinite_by_bits!($bits, $mask);
+            #[inline(always)]
+            fn sumsq(x: &[$t]) -> f64 {
+                sumsq_lanes(x, |e| e as f64)
+            }
             fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, $t>> {
                 match mo {
                     CpuMoments::$variant { m, v } => Some((m, v)),
@@ -251,12 +282,31 @@ where
     }
 }
 
+/// f16 / bf16 [`Element::sumsq`]: blocks converted to f32 (exact), then [`sumsq_lanes`].
+#[inline(always)]
+fn sumsq_half<H>(x: &[H]) -> f64
+where
+    [H]: HalfFloatSliceExt,
+{
+    let mut buf = [0f32; HALF_BLOCK];
+    let mut total = 0.0;
+    for c in x.chunks(HALF_BLOCK) {
+        c.convert_to_f32_slice(&mut buf[..c.len()]);
+        total += sumsq_lanes(&buf[..c.len()], |e| e as f64);
+    }
+    total
+}
+
 macro_rules! half_element {
     ($t:ty, $variant:ident, $mask:expr) => {
         impl Element for $t {
             type Acc = f32;
             storage_access!($variant);
             nonfinite_by_bits!(u16, $mask);
+            #[inline(always)]
+            fn sumsq(x: &[$t]) -> f64 {
+                sumsq_half(x)
+            }
             fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, f32>> {
                 <f32 as Element>::moments(mo)
             }
@@ -344,6 +394,24 @@ unsafe fn scan_avx2<T: Element>(x: &[T]) -> bool {
     T::any_nonfinite(x)
 }
 
+/// `T::sumsq`, compiled for AVX2 where the CPU has it (as [`update_chunk`]; the lanes fix the
+/// summation order, so the result does not depend on the vector width).
+#[inline]
+fn sumsq_chunk<T: Element>(x: &[T]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { sumsq_avx2(x) };
+    }
+    T::sumsq(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sumsq_avx2<T: Element>(x: &[T]) -> f64 {
+    T::sumsq(x)
+}
+
 /// The in-place op: param is the destination, grad the source, the moments ride along.
 struct StepOp<'a> {
     moments: Mutex<&'a mut CpuMoments>,
@@ -405,6 +473,32 @@ pub(crate) fn step(
     k: &StepScalars,
 ) -> Result<()> {
     param.inplace_op2(grad, &StepOp { moments: Mutex::new(moments), k })
+}
+
+/// The sum of the squares of a contiguous CPU gradient's elements, in f64: per chunk in
+/// parallel, the chunk sums then added in order (deterministic). NaN / inf if an element is
+/// (or, for f64 gradients, if a square overflows). This is the guard's read when clipping or
+/// loss scaling is on: finiteness is read off the sum.
+pub(crate) fn sumsq(grad: &Tensor) -> Result<f64> {
+    fn sum<T: Element>(s: &CpuStorage, (a, b): (usize, usize)) -> Result<f64> {
+        let Some(x) = T::slice(s) else { bail!("RAdam: gradient dtype mismatch") };
+        let x = &x[a..b];
+        if x.len() <= CHUNK {
+            return Ok(sumsq_chunk(x));
+        }
+        let parts: Vec<f64> = x.par_chunks(CHUNK).map(sumsq_chunk::<T>).collect();
+        Ok(parts.iter().sum())
+    }
+    let (storage, layout) = grad.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else { bail!("RAdam: expected a CPU gradient") };
+    let r = span(layout, "gradient")?;
+    match grad.dtype() {
+        DType::F32 => sum::<f32>(s, r),
+        DType::F64 => sum::<f64>(s, r),
+        DType::F16 => sum::<f16>(s, r),
+        DType::BF16 => sum::<bf16>(s, r),
+        other => bail!("RAdam: unsupported gradient dtype {other:?}"),
+    }
 }
 
 /// True if a contiguous CPU gradient holds a NaN or an infinity (parallel over chunks).

@@ -144,12 +144,13 @@ pub(crate) struct Item<'a> {
     pub set: u32,
 }
 
-/// The four param dtypes, in launch order, with their kernel names.
-const KINDS: [(DType, &str, &str); 4] = [
-    (DType::F32, "radam_mt_f32", "radam_check_b32"),
-    (DType::F16, "radam_mt_f16", "radam_check_b16h"),
-    (DType::BF16, "radam_mt_bf16", "radam_check_b16b"),
-    (DType::F64, "radam_mt_f64", "radam_check_b64"),
+/// The four param dtypes, in launch order, with their kernel names: update, non-finite check,
+/// sum of squares.
+const KINDS: [(DType, &str, &str, &str); 4] = [
+    (DType::F32, "radam_mt_f32", "radam_check_b32", "radam_sumsq_f32"),
+    (DType::F16, "radam_mt_f16", "radam_check_b16h", "radam_sumsq_f16"),
+    (DType::BF16, "radam_mt_bf16", "radam_check_b16b", "radam_sumsq_bf16"),
+    (DType::F64, "radam_mt_f64", "radam_check_b64", "radam_sumsq_f64"),
 ];
 
 /// Device pointers of one tensor, the raw material of a table entry.
@@ -258,13 +259,15 @@ struct Group {
     blocks: u32,
     table_word: usize,
     map_word: usize,
+    /// `(index in the caller's items, blocks)` of each entry, in table order.
+    members: Vec<(usize, usize)>,
 }
 
 /// The table of every non-empty item (entries then block map, per dtype group) as u64 words.
 fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
     let mut words = Vec::new();
     let mut groups = Vec::new();
-    for (kind, (dtype, _, _)) in KINDS.iter().enumerate() {
+    for (kind, (dtype, ..)) in KINDS.iter().enumerate() {
         let members: Vec<(usize, &Ptrs)> = items
             .iter()
             .enumerate()
@@ -295,18 +298,29 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
         words.extend(
             map.chunks(2).map(|c| c[0] as u64 | (c.get(1).copied().unwrap_or(0) as u64) << 32),
         );
-        groups.push(Group { kind, blocks: map.len() as u32, table_word, map_word });
+        let members = members.iter().map(|(i, p)| (*i, p.n.div_ceil(CHUNK) as usize)).collect();
+        groups.push(Group { kind, blocks: map.len() as u32, table_word, map_word, members });
     }
     Ok((words, groups))
 }
 
-/// The scalar sets as the kernels' `Scalars<S>` array, in u64 words: per set, the seven scalars
-/// rounded to `f32` (two per word, low half first, the `update` discriminant as an `int32` in the
-/// high half of word 3: 32 bytes) or kept in `f64` (one per word, `update` in word 7: 64 bytes).
+/// The scalar sets as the kernels' `Scalars<S>` array, in u64 words: per set, the eight scalars
+/// rounded to `f32` (two per word, low half first, then the `update` discriminant as an `int32`
+/// in the low half of word 4 and a zero pad: 40 bytes) or kept in `f64` (one per word, `update`
+/// in word 8: 72 bytes).
 fn scalar_words(sets: &[StepScalars], f64_math: bool) -> Vec<u64> {
-    let mut words = Vec::with_capacity(sets.len() * if f64_math { 8 } else { 4 });
+    let mut words = Vec::with_capacity(sets.len() * if f64_math { 9 } else { 5 });
     for k in sets {
-        let s = [k.one_minus_beta1, k.beta2, k.one_minus_beta2, k.step_size, k.eps, k.l2, k.decay];
+        let s = [
+            k.one_minus_beta1,
+            k.beta2,
+            k.one_minus_beta2,
+            k.step_size,
+            k.eps,
+            k.l2,
+            k.decay,
+            k.grad_mult,
+        ];
         let update = k.update as u8 as u64;
         if f64_math {
             words.extend(s.map(f64::to_bits));
@@ -317,8 +331,9 @@ fn scalar_words(sets: &[StepScalars], f64_math: bool) -> Vec<u64> {
                 b[0] | b[1] << 32,
                 b[2] | b[3] << 32,
                 b[4] | b[5] << 32,
-                b[6] | update << 32,
+                b[6] | b[7] << 32,
             ]);
+            words.push(update);
         }
     }
     words
@@ -335,8 +350,46 @@ fn launch_config(blocks: u32) -> LaunchConfig {
 /// included), so a bad gradient is reported by the `step` call that sees it, before any param or
 /// moment is touched.
 pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
+    let (_, flags) = grad_pass::<u32>(items, GradPass::Check)?;
+    Ok(flags.iter().position(|&f| f != 0))
+}
+
+/// The sum of the squares of each item's gradient, in f64 (global-norm clipping): one read of
+/// every gradient (the `radam_sumsq_*` kernels: per-block f64 partial sums, see
+/// `kernels/radam.cu`), then the partials read back and added per item, in block order, on the
+/// host. NaN / inf for a gradient holding a NaN / inf. Waits for the device, as
+/// [`first_nonfinite`] (which it replaces when clipping or loss scaling is on).
+pub(crate) fn sumsq(items: &[Item<'_>]) -> Result<Vec<f64>> {
+    let (groups, partials) = grad_pass::<f64>(items, GradPass::SumSq)?;
+    let mut out = vec![0.0; items.len()];
+    let mut block = 0;
+    for g in &groups {
+        for &(item, blocks) in &g.members {
+            out[item] = partials[block..block + blocks].iter().sum();
+            block += blocks;
+        }
+    }
+    Ok(out)
+}
+
+/// The two read-only passes over a step's gradients.
+#[derive(Clone, Copy, PartialEq)]
+enum GradPass {
+    /// Non-finite check: one u32 flag per item.
+    Check,
+    /// Sum of squares: one f64 partial per block.
+    SumSq,
+}
+
+/// Runs `pass` over the gradients of `items` (one launch per grad dtype) and reads its output
+/// back: the dtype groups and, per item (`Check`) or per block in group order (`SumSq`), the
+/// kernel's output.
+fn grad_pass<T>(items: &[Item<'_>], pass: GradPass) -> Result<(Vec<Group>, Vec<T>)>
+where
+    T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Clone + Default + Unpin,
+{
     let Some(first) = items.first() else {
-        return Ok(None);
+        return Ok((Vec::new(), Vec::new()));
     };
     let dev = cuda_device(first.param)?;
     let stream = dev.cuda_stream();
@@ -359,32 +412,51 @@ pub(crate) fn first_nonfinite(items: &[Item<'_>]) -> Result<Option<usize>> {
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
-        return Ok(None);
+        return Ok((
+            groups,
+            vec![T::default(); if pass == GradPass::Check { items.len() } else { 0 }],
+        ));
     }
-    // Every kernel looked up before anything is launched: a failure changes nothing.
-    let (module, ptx) = module_for(&stream, false)?;
+    // Every kernel looked up before anything is launched: a failure changes nothing. The check
+    // works on raw bits (no bf16 arithmetic); the sums convert bf16, whose kernels need sm_80.
+    let need_bf16 =
+        pass == GradPass::SumSq && groups.iter().any(|g| KINDS[g.kind].0 == DType::BF16);
+    let (module, ptx) = module_for(&stream, need_bf16)?;
+    let name = |kind: usize| match pass {
+        GradPass::Check => KINDS[kind].2,
+        GradPass::SumSq => KINDS[kind].3,
+    };
     let funcs = groups
         .iter()
-        .map(|g| dev.get_or_load_custom_func(KINDS[g.kind].2, module, ptx))
+        .map(|g| dev.get_or_load_custom_func(name(g.kind), module, ptx))
         .collect::<Result<Vec<_>>>()?;
     let dev_table = w(stream.clone_htod(&words))?;
-    let mut flags = w(stream.alloc_zeros::<u32>(items.len()))?;
+    let total_blocks: usize = groups.iter().map(|g| g.blocks as usize).sum();
+    let out_len = if pass == GradPass::Check { items.len() } else { total_blocks };
+    let mut out = w(stream.alloc_zeros::<T>(out_len))?;
     {
         let (base, _t) = dev_table.device_ptr(&stream);
-        let (flags_ptr, _f) = flags.device_ptr_mut(&stream);
+        let (out_ptr, _o) = out.device_ptr_mut(&stream);
+        let mut block = 0u64;
         for (grp, func) in groups.iter().zip(&funcs) {
             let table_ptr = base + 8 * grp.table_word as u64;
             let map_ptr = base + 8 * grp.map_word as u64;
+            // Flags are indexed by item; partials by block, each group after the previous ones.
+            let dst = match pass {
+                GradPass::Check => out_ptr,
+                GradPass::SumSq => out_ptr + block * std::mem::size_of::<T>() as u64,
+            };
+            block += grp.blocks as u64;
             let mut b = func.builder();
-            b.arg(&table_ptr).arg(&map_ptr).arg(&flags_ptr);
+            b.arg(&table_ptr).arg(&map_ptr).arg(&dst);
             // SAFETY: the table holds valid pointers to `n` elements of the kernel's dtype, kept
-            // alive by `storages`; the flags buffer has one u32 per item.
+            // alive by `storages`; the output has one element per item (check) or per block of
+            // this and the previous groups (sums).
             w(unsafe { b.launch(launch_config(grp.blocks)) })?;
         }
     }
     drop(guards);
-    let flags = w(stream.clone_dtoh(&flags))?;
-    Ok(flags.iter().position(|&f| f != 0))
+    Ok((groups, w(stream.clone_dtoh(&out))?))
 }
 
 /// Applies one step to every item (all on one device), item `i` with the host-computed scalar set
@@ -523,24 +595,32 @@ mod tests {
         assert_eq!(&w[27..35], &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3]);
         assert_eq!(&w[35..37], &[0, 1]); // map 0,0,1
         assert_eq!(w.len(), 37);
+        // (item, blocks) per entry: how the per-block partial sums map back to items.
+        assert_eq!(
+            (&g32.members[..], &g16.members[..]),
+            (&[(2, 1), (4, 4)][..], &[(0, 2), (3, 1)][..])
+        );
     }
 
-    /// `Scalars<float>` / `Scalars<double>` of the kernel: seven scalars then `int32 update`.
+    /// `Scalars<float>` / `Scalars<double>` of the kernel: eight scalars then `int32 update`.
     #[test]
     fn scalar_sets_match_the_kernel() {
         let p = crate::ParamsRAdam::default();
-        let sets = [StepScalars::new(&p, 1), StepScalars::new(&p, 6)]; // Sgd, then Adaptive
+        let mut sets = [StepScalars::new(&p, 1), StepScalars::new(&p, 6)]; // Sgd, then Adaptive
+        sets[1].grad_mult = 0.25;
         let w32 = scalar_words(&sets, false);
-        assert_eq!(w32.len(), 8); // 32 bytes per set
+        assert_eq!(w32.len(), 10); // 40 bytes per set
         let f = |w: u64, hi: bool| f32::from_bits(if hi { (w >> 32) as u32 } else { w as u32 });
         assert_eq!((f(w32[0], false), f(w32[0], true)), (0.1f32, 0.999f32));
         assert_eq!(f(w32[1], true), sets[0].step_size as f32);
-        assert_eq!(f(w32[3], false), 1.0f32); // decay
-        assert_eq!((w32[3] >> 32, w32[7] >> 32), (1, 0)); // update: Sgd, Adaptive
+        assert_eq!((f(w32[3], false), f(w32[3], true)), (1.0f32, 1.0f32)); // decay, grad_mult
+        assert_eq!(f(w32[5 + 3], true), 0.25f32);
+        assert_eq!((w32[4], w32[9]), (1, 0)); // update: Sgd, Adaptive (pad 0)
         let w64 = scalar_words(&sets, true);
-        assert_eq!(w64.len(), 16); // 64 bytes per set
-        assert_eq!(f64::from_bits(w64[8 + 3]), sets[1].step_size);
-        assert_eq!((w64[7], w64[15]), (1, 0));
+        assert_eq!(w64.len(), 18); // 72 bytes per set
+        assert_eq!(f64::from_bits(w64[9 + 3]), sets[1].step_size);
+        assert_eq!(f64::from_bits(w64[9 + 7]), 0.25);
+        assert_eq!((w64[8], w64[17]), (1, 0));
     }
 
     #[test]

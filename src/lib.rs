@@ -58,6 +58,44 @@
 //! baseline); `v_only_steps` (the paper's Adam-2k ablation); and [`NonFinite`], what to do with
 //! NaN / infinite gradients (by default an error that changes nothing).
 //!
+//! ## Clipping and loss scaling
+//!
+//! [`RAdam::set_max_grad_norm`] clips the gradients to a global L2 norm
+//! (`torch.nn.utils.clip_grad_norm_` semantics, one norm for all parameter groups) and
+//! [`RAdam::set_loss_scaler`] adds dynamic loss scaling for f16 training ([`LossScaler`],
+//! `torch.amp.GradScaler` semantics). Both cost no extra pass: the norm is summed in the
+//! non-finite guard's read of every gradient, and `clip coefficient / loss scale` is one scalar
+//! the fused update multiplies every gradient by ([`clip`]). [`RAdam::last_grad_norm`] is the
+//! unclipped, unscaled norm (fairseq's `gnorm`). A step with a NaN / inf gradient is skipped
+//! and backs the scale off; `Optimizer::backward_step` multiplies the loss by the scale (or do it
+//! yourself with [`RAdam::scale_loss`] before `backward`).
+//!
+//! ```
+//! use candle_core::{DType, Device, Module, Tensor};
+//! use candle_nn::{Optimizer, VarBuilder, VarMap};
+//! use candle_radam::{LossScaler, ParamsRAdam, RAdam};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let dev = Device::Cpu;
+//! let varmap = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F16, &dev); // f16 weights
+//! let model = candle_nn::linear(8, 1, vb.pp("fc"))?;
+//! let mut opt = RAdam::from_varmap(&varmap, ParamsRAdam { lr: 1e-2, ..Default::default() })?
+//!     .with_max_grad_norm(1.0)?
+//!     .with_loss_scaler(LossScaler::default())?; // 2^16, x2 every 2000 clean steps, x0.5 on inf
+//! let x = Tensor::randn(0f32, 1., (64, 8), &dev)?.to_dtype(DType::F16)?;
+//! let y = x.sum_keepdim(1)?;
+//! for _ in 0..30 {
+//!     let loss = model.forward(&x)?.sub(&y)?.sqr()?.mean_all()?.to_dtype(DType::F32)?;
+//!     let grads = opt.scale_loss(&loss)?.backward()?; // loss * scale, in f32
+//!     opt.step(&grads)?;  // unscale + clip + RAdam in one pass; skips (and backs off) on inf
+//!     let _gnorm = opt.last_grad_norm(); // log it, as fairseq's gnorm
+//! }
+//! assert_eq!(opt.step_count() + opt.skipped_steps(), 30);
+//! assert!(opt.loss_scale() <= 65536.0);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Dtypes
 //!
 //! f32 and f64 variables keep their moments in their own dtype. f16 and bf16 variables keep f32
@@ -97,6 +135,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clip;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -105,6 +144,7 @@ mod moments;
 mod optimizer;
 mod params;
 pub mod rule;
+mod scaler;
 pub mod schedule;
 mod state;
 
@@ -113,6 +153,7 @@ pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
 pub use rule::{StepScalars, Update};
+pub use scaler::LossScaler;
 pub use state::LoadReport;
 
 #[cfg(feature = "cuda")]

@@ -4,10 +4,12 @@ use candle_core::{backprop::GradStore, bail, Result, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
+use crate::clip::{check_max_norm, clip_coef, grad_norm};
 use crate::groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 use crate::moments::{moment_dtype, Moments};
 use crate::params::{check_lr, NonFinite, ParamsRAdam};
 use crate::rule::{ScalarSets, StepScalars};
+use crate::scaler::{DynamicScale, LossScaler};
 
 /// One optimized variable.
 pub(crate) struct Slot {
@@ -43,6 +45,12 @@ pub struct RAdam {
     pub(crate) bad_lr: Option<f64>,
     /// Built by [`RAdam::new`]: names are positions, so saved state is matched by fingerprint.
     pub(crate) positional: bool,
+    /// Global-norm clipping threshold (`clip_grad_norm_`'s `max_norm`), shared by all groups.
+    pub(crate) max_grad_norm: Option<f64>,
+    /// Dynamic loss scaling.
+    pub(crate) scaler: Option<DynamicScale>,
+    /// The unclipped, unscaled gradient norm of the last step that computed one.
+    pub(crate) last_grad_norm: Option<f64>,
 }
 
 impl std::fmt::Debug for RAdam {
@@ -53,6 +61,8 @@ impl std::fmt::Debug for RAdam {
             .field("vars", &self.slots.len())
             .field("step", &self.t)
             .field("skipped", &self.skipped)
+            .field("max_grad_norm", &self.max_grad_norm)
+            .field("scaler", &self.scaler)
             .finish()
     }
 }
@@ -115,6 +125,9 @@ impl RAdam {
             skipped: 0,
             bad_lr: None,
             positional: false,
+            max_grad_norm: None,
+            scaler: None,
+            last_grad_norm: None,
         })
     }
 
@@ -217,7 +230,8 @@ impl RAdam {
         self.slots.iter().find(|s| s.name == name).map(|s| s.step)
     }
 
-    /// Steps skipped because of non-finite gradients under [`NonFinite::Skip`].
+    /// Steps skipped because of non-finite gradients: under [`NonFinite::Skip`], or with a
+    /// [`LossScaler`] (torch `GradScaler` skips `optimizer.step()` on those steps).
     pub fn skipped_steps(&self) -> u64 {
         self.skipped
     }
@@ -308,6 +322,74 @@ impl RAdam {
         Ok(None)
     }
 
+    /// The non-finite guard of one step, with the global norm when clipping or loss scaling is on:
+    /// `Some(grad_mult)` (the gradient multiplier of the update, [`crate::clip`]) to go on,
+    /// `None` when the step is skipped (counted; the loss scale backed off), an error naming the
+    /// first non-finite gradient under [`NonFinite::Error`].
+    fn guard(&mut self, work: &[(usize, Tensor)]) -> Result<Option<f64>> {
+        let policy = self.params.non_finite;
+        let bad: Option<String>;
+        let mut grad_mult = 1.0;
+        if self.max_grad_norm.is_some() || self.scaler.is_some() {
+            let sums = self.grad_sumsq(work)?;
+            let scale = self.scaler.as_ref().map_or(1.0, DynamicScale::scale);
+            let norm = grad_norm(sums.iter().sum(), scale);
+            self.last_grad_norm = Some(norm);
+            bad = sums
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|j| self.slots[work[j].0].name.clone());
+            grad_mult = clip_coef(norm, self.max_grad_norm) / scale;
+            if let (Some(sc), Some(_)) = (&mut self.scaler, &bad) {
+                sc.update(true);
+                self.skipped += 1;
+                return Ok(None);
+            }
+        } else if policy != NonFinite::Propagate {
+            bad = self.first_nonfinite(work)?;
+        } else {
+            bad = None;
+        }
+        match (bad, policy) {
+            (None, _) | (Some(_), NonFinite::Propagate) => Ok(Some(grad_mult)),
+            (Some(_), NonFinite::Skip) => {
+                self.skipped += 1;
+                Ok(None)
+            }
+            (Some(name), NonFinite::Error) => bail!(
+                "RAdam: non-finite gradient for '{name}' at step {}; nothing was updated",
+                self.t + 1
+            ),
+        }
+    }
+
+    /// The sum of the squares of each gradient of `work` (in `work`'s order), in f64: one read of
+    /// each gradient, CPU variables in parallel, CUDA ones in one launch per device and dtype.
+    fn grad_sumsq(&mut self, work: &[(usize, Tensor)]) -> Result<Vec<f64>> {
+        let mut out = vec![0.0; work.len()];
+        let cpu: Vec<usize> =
+            (0..work.len()).filter(|&j| self.slots[work[j].0].var.device().is_cpu()).collect();
+        let sums =
+            cpu.par_iter().map(|&j| crate::cpu::sumsq(&work[j].1)).collect::<Result<Vec<f64>>>()?;
+        for (&j, x) in cpu.iter().zip(sums) {
+            out[j] = x;
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let mut pos = vec![usize::MAX; self.slots.len()];
+            for (j, (i, _)) in work.iter().enumerate() {
+                pos[*i] = j;
+            }
+            let by_slot = grads_by_slot(self.slots.len(), work, &[]);
+            for (slot_ids, items) in cuda_batches(&mut self.slots, &by_slot) {
+                for (i, x) in slot_ids.iter().zip(crate::cuda::sumsq(&items)?) {
+                    out[pos[*i]] = x;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies one step to every (slot, grad) pair, slot `work[j].0` with the scalar set
     /// `sets[set_of[j]]`.
     fn apply(
@@ -388,9 +470,15 @@ impl candle_nn::Optimizer for RAdam {
     }
 
     /// One RAdam step. Every gradient is checked first (shape, dtype, device; finiteness unless
-    /// [`NonFinite::Propagate`]); on an error nothing has changed. Variables without a gradient
-    /// are skipped: their moments do not decay and their step counts do not advance (torch's
-    /// `p.grad is None`). A call in which no variable has a gradient changes nothing, not even
+    /// [`NonFinite::Propagate`]); on an error nothing has changed. With clipping
+    /// ([`RAdam::set_max_grad_norm`]) or loss scaling ([`RAdam::set_loss_scaler`]) that check
+    /// also sums the squares of every gradient (one read of each) and the update multiplies
+    /// every gradient by `clip coefficient / loss scale` ([`crate::clip`]). With a loss scaler,
+    /// a step with a NaN / inf gradient is skipped (counted in [`RAdam::skipped_steps`]) and the
+    /// scale backs off, whatever [`NonFinite`] says; a clean step advances the scaler.
+    ///
+    /// Variables without a gradient are skipped: their moments do not decay and their step
+    /// counts do not advance (torch's `p.grad is None`). A call in which no variable has a gradient changes nothing, not even
     /// [`RAdam::step_count`].
     ///
     /// Errors, changing nothing, while a learning rate rejected by `set_learning_rate` is in
@@ -406,18 +494,9 @@ impl candle_nn::Optimizer for RAdam {
         if work.is_empty() {
             return Ok(());
         }
-        if self.params.non_finite != NonFinite::Propagate {
-            if let Some(name) = self.first_nonfinite(&work)? {
-                if self.params.non_finite == NonFinite::Skip {
-                    self.skipped += 1;
-                    return Ok(());
-                }
-                bail!(
-                    "RAdam: non-finite gradient for '{name}' at step {}; nothing was updated",
-                    self.t + 1
-                );
-            }
-        }
+        let Some(grad_mult) = self.guard(&work)? else {
+            return Ok(()); // skipped
+        };
         // One scalar set per distinct (group, per-variable t), the group parameters resolved once.
         let group_params: Vec<ParamsRAdam> =
             (0..=self.groups.len()).map(|g| self.group_params(g)).collect();
@@ -429,12 +508,25 @@ impl candle_nn::Optimizer for RAdam {
                 sets.index(s.group, &group_params[s.group], s.step + 1)
             })
             .collect();
+        for k in &mut sets.sets {
+            k.grad_mult = grad_mult;
+        }
         self.apply(&work, &sets.sets, &set_of)?;
         for (i, _) in &work {
             self.slots[*i].step += 1;
         }
         self.t += 1;
+        if let Some(sc) = &mut self.scaler {
+            sc.update(false);
+        }
         Ok(())
+    }
+
+    /// `loss.backward()` then [`RAdam::step`], with the loss multiplied by the loss scale first
+    /// when a [`LossScaler`] is set ([`RAdam::scale_loss`]).
+    fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = self.scale_loss(loss)?.backward()?;
+        self.step(&grads)
     }
 
     /// The learning rate last given (by [`RAdam::set_params`], `set_learning_rate` or
@@ -468,5 +560,98 @@ impl RAdam {
         self.params.lr = lr;
         self.bad_lr = None;
         Ok(())
+    }
+}
+
+/// Global-norm clipping and dynamic loss scaling ([`crate::clip`], [`LossScaler`]).
+impl RAdam {
+    /// This optimizer with global-norm gradient clipping (see [`RAdam::set_max_grad_norm`]).
+    pub fn with_max_grad_norm(mut self, max_grad_norm: f64) -> Result<Self> {
+        self.set_max_grad_norm(Some(max_grad_norm))?;
+        Ok(self)
+    }
+
+    /// Clips the gradients to a global L2 norm of `max_grad_norm` on every step, as
+    /// `torch.nn.utils.clip_grad_norm_(params, max_grad_norm)` before `optimizer.step()`: with
+    /// `norm = sqrt(sum over every element of every gradient of the step of g^2)` (unscaled),
+    /// the update uses `g * min(1, max_grad_norm / (norm + 1e-6))`. One norm for the whole
+    /// optimizer (all parameter groups). The norm is summed in the non-finite guard's read of
+    /// the gradients and the coefficient applied inside the fused update: no gradient is
+    /// rewritten, no extra pass. `None` turns clipping off; `+inf` clips nothing (the trajectory
+    /// is then bit-identical to an unclipped one) but still computes [`RAdam::last_grad_norm`].
+    ///
+    /// A non-finite norm is a non-finite gradient: [`NonFinite`] applies (a NaN norm under
+    /// [`NonFinite::Propagate`] makes the update NaN, as in torch).
+    ///
+    /// Errors (nothing changes) if `max_grad_norm` is NaN or negative.
+    pub fn set_max_grad_norm(&mut self, max_grad_norm: Option<f64>) -> Result<()> {
+        if let Some(m) = max_grad_norm {
+            check_max_norm(m)?;
+        }
+        self.max_grad_norm = max_grad_norm;
+        Ok(())
+    }
+
+    /// The clipping threshold, `None` when not clipping.
+    pub fn max_grad_norm(&self) -> Option<f64> {
+        self.max_grad_norm
+    }
+
+    /// The global L2 norm of the gradients of the last step, unclipped and unscaled (divided by
+    /// the loss scale): what fairseq logs as `gnorm`. NaN / inf for a step skipped or refused
+    /// for a non-finite gradient. `None` until a step computes it (only with clipping or loss scaling
+    /// on: the plain guard does not sum squares).
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm
+    }
+
+    /// This optimizer with dynamic loss scaling (see [`RAdam::set_loss_scaler`]).
+    pub fn with_loss_scaler(mut self, scaler: LossScaler) -> Result<Self> {
+        self.set_loss_scaler(Some(scaler))?;
+        Ok(self)
+    }
+
+    /// Turns dynamic loss scaling on (`torch.amp.GradScaler` semantics, [`LossScaler`]) or off.
+    /// The loss must then be multiplied by [`RAdam::loss_scale`] before `backward`
+    /// ([`RAdam::scale_loss`]; `Optimizer::backward_step` does it). Each step divides the
+    /// gradients by the scale inside the fused update, skips a step with a NaN / inf gradient
+    /// (counted in [`RAdam::skipped_steps`]) and updates the scale. The scale is saved with the
+    /// state. Setting a scaler starts it at its `init_scale` (load the state afterwards to
+    /// resume a saved scale). Errors (nothing changes) if the scaler's configuration is invalid.
+    pub fn set_loss_scaler(&mut self, scaler: Option<LossScaler>) -> Result<()> {
+        self.scaler = scaler.map(DynamicScale::new).transpose()?;
+        Ok(())
+    }
+
+    /// The loss scaler's configuration, if loss scaling is on.
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref().map(|s| &s.config)
+    }
+
+    /// Consecutive clean steps since the loss scale last changed (torch's `_growth_tracker`;
+    /// the scale grows when it reaches `growth_interval`), if loss scaling is on.
+    pub fn loss_scale_growth_tracker(&self) -> Option<u64> {
+        self.scaler.as_ref().map(DynamicScale::growth_tracker)
+    }
+
+    /// The current loss scale (1 without a [`LossScaler`]).
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.as_ref().map_or(1.0, DynamicScale::scale)
+    }
+
+    /// `loss * loss_scale()` (torch `scaler.scale(loss)`), for `backward`. An f16 / bf16 loss is
+    /// converted to f32 first (`2^16` is not an f16); other dtypes are kept. Without a scaler,
+    /// the loss itself.
+    pub fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        let Some(s) = &self.scaler else {
+            return Ok(loss.clone());
+        };
+        let loss = match loss.dtype() {
+            candle_core::DType::F16 | candle_core::DType::BF16 => {
+                loss.to_dtype(candle_core::DType::F32)?
+            }
+            _ => loss.clone(),
+        };
+        loss.affine(s.scale(), 0.0)
     }
 }

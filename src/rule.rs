@@ -4,7 +4,7 @@
 //! Every element then follows the same five lines (see [`crate`] docs for the derivation):
 //!
 //! ```text
-//! g = grad + l2 * p                          // L2 weight decay (0 when decoupled)
+//! g = grad * grad_mult + l2 * p              // clip coef / loss scale; L2 weight decay
 //! m = m + (1 - beta1) * (g - m)              // first moment (torch's lerp form)
 //! v = beta2 * v + (1 - beta2) * g * g        // second moment
 //! Adaptive: d = sqrt(v) + eps
@@ -25,9 +25,11 @@
 //! gradient, so one step may use several scalar sets (`ScalarSets`: one per distinct (parameter
 //! group, `t`)).
 //!
-//! A per-step gradient multiplier shared by all variables (a clipping coefficient or an inverse
-//! loss scale) would multiply `grad` in the first line, in `cpu::fused` and `radam_elem` in
-//! `kernels/radam.cu`, before weight decay.
+//! `grad_mult` is the per-step gradient multiplier shared by all variables: the global-norm
+//! clipping coefficient divided by the loss scale ([`crate::clip`]), 1 without clipping and
+//! scaling (a multiplication by 1 is exact, so the update is then bit-identical to one without
+//! it). It multiplies the gradient before weight decay, as `clip_grad_norm_` / `unscale_` on
+//! the `.grad` tensors before `optimizer.step()` do in torch.
 
 use crate::params::ParamsRAdam;
 
@@ -72,6 +74,9 @@ pub struct StepScalars {
     pub l2: f64,
     /// Parameter multiplier before the update: `1 - lr * weight_decay` when decoupled, else 1.
     pub decay: f64,
+    /// Gradient multiplier of this step: clipping coefficient / loss scale ([`crate::clip`]);
+    /// 1 from [`StepScalars::new`], set by the optimizer for the step being taken.
+    pub grad_mult: f64,
 }
 
 /// The distinct scalar sets of one step: one [`StepScalars`] per distinct (group, per-variable
@@ -150,6 +155,7 @@ impl StepScalars {
             eps,
             l2,
             decay,
+            grad_mult: 1.0,
         }
     }
 }

@@ -9,14 +9,19 @@
 //! - `radam.group.I.GROUP`: f64 `[9]`, group `I` (named `GROUP`) as trained: `lr_scale`, `lr`,
 //!   `beta1`, `beta2`, `eps`, `weight_decay`, `decoupled_weight_decay`, `degenerate_to_sgd`,
 //!   `rectify` (booleans as 0 / 1);
-//! - `radam.step` and `radam.skipped`: i64 `[1]`, the optimizer's step and skipped-step counts.
+//! - `radam.step` and `radam.skipped`: i64 `[1]`, the optimizer's step and skipped-step counts;
+//! - `radam.loss_scale` (only with a [`crate::LossScaler`]): f64 `[2]`, the loss scale and the
+//!   scaler's growth tracker (clean steps since the scale last changed), as torch's
+//!   `GradScaler.state_dict()` keeps `scale` and `_growth_tracker`.
 //!
 //! Files written before per-variable steps (no `radam.var.*`, `radam.group.*`) load by name, and
 //! by shape and dtype into a [`RAdam::new`] optimizer when those are unique: every variable then
 //! gets `radam.step` as its step count.
 //!
 //! The hyper-parameters are restored from the training script, not from the file: the saved
-//! groups only serve to report a different grouping ([`LoadReport`]).
+//! groups only serve to report a different grouping ([`LoadReport`]). Likewise the scaler's
+//! configuration (growth factor, interval, ...) and the clipping threshold come from the script;
+//! the saved scale is restored only into an optimizer that has a scaler.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
@@ -31,6 +36,7 @@ use crate::params::ParamsRAdam;
 
 const STEP: &str = "radam.step";
 const SKIPPED: &str = "radam.skipped";
+const LOSS_SCALE: &str = "radam.loss_scale";
 const VAR: &str = "radam.var.";
 const GROUP: &str = "radam.group.";
 const VAR_WORDS: usize = 4;
@@ -246,6 +252,11 @@ impl RAdam {
         }
         tensors.insert(STEP.to_string(), counter(self.t)?);
         tensors.insert(SKIPPED.to_string(), counter(self.skipped)?);
+        if let Some(sc) = &self.scaler {
+            let (scale, clean) = sc.state();
+            tensors
+                .insert(LOSS_SCALE.to_string(), Tensor::new(&[scale, clean as f64], &Device::Cpu)?);
+        }
 
         let tmp = temp_path(path)?;
         let written = candle_core::safetensors::save(&tensors, &tmp).and_then(|()| {
@@ -283,7 +294,9 @@ impl RAdam {
     ///
     /// Per-variable step counts come from the file (files from before them: every variable gets
     /// the saved optimizer step count). Loading into a different grouping is allowed and
-    /// reported.
+    /// reported. The loss scale and its growth tracker are restored when this optimizer has a
+    /// [`crate::LossScaler`] (a file without them leaves the scaler as it is; an optimizer
+    /// without a scaler ignores them).
     pub fn load_state<P: AsRef<Path>>(&mut self, path: P) -> Result<LoadReport> {
         let path = path.as_ref();
         let mut file = candle_core::safetensors::load(path, &Device::Cpu)
@@ -293,6 +306,20 @@ impl RAdam {
             read_counter(file.get(SKIPPED).ok_or_else(|| missing(path, SKIPPED))?, SKIPPED)?;
         file.remove(STEP);
         file.remove(SKIPPED);
+        // The loss scaler's state, checked now, restored with everything else.
+        let mut scaler = self.scaler.clone();
+        if let Some(x) = file.remove(LOSS_SCALE) {
+            if x.dtype() != DType::F64 || x.dims() != [2] {
+                bail!("RAdam state: '{LOSS_SCALE}' must be an f64 tensor of shape [2]");
+            }
+            let w = x.to_vec1::<f64>()?;
+            if !(w[1] >= 0.0 && w[1].fract() == 0.0 && w[1] < 2f64.powi(53)) {
+                bail!("RAdam state: '{LOSS_SCALE}' holds an invalid growth tracker {}", w[1]);
+            }
+            if let Some(sc) = &mut scaler {
+                sc.set_state(w[0], w[1] as u64)?;
+            }
+        }
 
         // Records and groups (absent in legacy files).
         let mut records: HashMap<String, VarRecord> = HashMap::new();
@@ -428,6 +455,7 @@ impl RAdam {
         }
         self.t = t;
         self.skipped = skipped;
+        self.scaler = scaler;
         Ok(report)
     }
 

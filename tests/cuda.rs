@@ -1,7 +1,7 @@
-//! The CUDA test binary. With `--features cuda` it runs the GPU-vs-CPU tests of `cuda/gpu.rs` and
-//! `cuda/groups.rs` (each skips with a message when no device can be opened); without the
-//! feature it holds one test that says how to run them, so `cargo test` never reports them as
-//! silently absent.
+//! The CUDA test binary. With `--features cuda` it runs the GPU-vs-CPU tests of `cuda/gpu.rs`,
+//! `cuda/groups.rs` and `cuda/clip.rs` (each skips with a message when no device can be opened);
+//! without the feature it holds one test that says how to run them, so `cargo test` never reports
+//! them as silently absent.
 
 #[cfg(feature = "cuda")]
 #[path = "cuda/gpu.rs"]
@@ -10,6 +10,10 @@ mod gpu;
 #[cfg(feature = "cuda")]
 #[path = "cuda/groups.rs"]
 mod groups;
+
+#[cfg(feature = "cuda")]
+#[path = "cuda/clip.rs"]
+mod clip;
 
 #[cfg(not(feature = "cuda"))]
 #[test]

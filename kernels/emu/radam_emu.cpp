@@ -1,8 +1,10 @@
 // Host emulation of kernels/radam.cu: compiles the kernel source with a plain C++ compiler
 // (CUDA keywords stubbed, blocks and threads run one after the other) and checks the multi-tensor
 // indexing, the vector and scalar paths, every dtype and update branch, per-tensor scalar sets
-// (several (group, t) sets in one launch), the zero-step select, and the non-finite check
-// against a straightforward per-element reference, bit for bit. It needs the CUDA headers but no
+// (several (group, t) sets in one launch), the gradient multiplier (clip coefficient / loss
+// scale), the zero-step select, and the non-finite check against a straightforward per-element
+// reference, bit for bit; and the sum-of-squares kernel (global-norm clipping) against a plain
+// f64 sum, to 1e-12 relative, NaN / inf partials where a gradient holds one. It needs the CUDA headers but no
 // GPU; scripts/ci-cuda.sh builds and runs it:
 //
 //   g++ -O2 -std=c++17 -ffp-contract=off -I$CUDA_HOME/include kernels/emu/radam_emu.cpp -o radam_emu
@@ -27,6 +29,8 @@
 #undef __global__
 #undef __forceinline__
 #undef __launch_bounds__
+#undef __shared__
+#define __shared__ static
 #define __device__
 #define __global__
 #define __forceinline__ inline
@@ -39,6 +43,10 @@ static struct { unsigned x; } emu_block, emu_thread, emu_dim;
 // Threads of a block run from the last to thread 0, so thread 0 sees the whole block's OR.
 static bool emu_block_or = false;
 static inline bool __syncthreads_or(bool x) { emu_block_or |= x; return emu_block_or; }
+// A plain barrier is a no-op: the sum kernel's shared-memory tree only ever reads slots of
+// higher-numbered threads, which (running first, to completion) hold exactly what they would
+// hold at that barrier on a GPU.
+static inline void __syncthreads() {}
 template <typename T> static inline T min(T a, T b) { return a < b ? a : b; }
 
 #include "../radam.cu"
@@ -122,7 +130,8 @@ static std::vector<uint64_t> build_table(std::vector<Tensor<P, M>>& ts, uint32_t
 
 template <typename P, typename M>
 static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint32_t*, const Scalars<M>*),
-                      void (*check)(const Entry*, const uint32_t*, uint32_t*), uint64_t exp_mask) {
+                      void (*check)(const Entry*, const uint32_t*, uint32_t*),
+                      void (*sumsq)(const Entry*, const uint32_t*, double*)) {
     std::mt19937_64 rng(1234);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     const size_t sizes[] = {0, 1, 3, 7, 8, 9, 255, 1023, 1024, 1025, 4095, 4096, 4097, 3 * 4096 + 5, (1 << 16) + 7};
@@ -159,10 +168,13 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
         Scalars<M> sets[3];
         for (int j = 0; j < 3; j++) {
             const int update = j == 0 ? (step <= 4 ? 1 : (step % 5 == 0 ? 2 : 0)) : 0;
-            const double s64[7] = {j == 1 ? 0.2 : 0.1, j == 1 ? 0.99 : 0.999, j == 1 ? 0.01 : 0.001,
+            // grad_mult: 1 (no clipping / scaling) on set 0, a clip coefficient over a loss scale on
+            // set 1 (changing every step), a clip coefficient on set 2.
+            const double mult = j == 0 ? 1.0 : (j == 1 ? 0.37 / std::ldexp(1.0, step) : 0.83);
+            const double s64[8] = {j == 1 ? 0.2 : 0.1, j == 1 ? 0.99 : 0.999, j == 1 ? 0.01 : 0.001,
                                    (j + 1) * 0.01 * std::sqrt(1.0 - std::pow(0.999, step)) / (1.0 - std::pow(0.9, step)),
-                                   j == 2 ? 0.0 : 1e-8, (step % 2 && j != 2) ? 0.01 : 0.0, step % 3 ? 1.0 : 1.0 - 1e-4};
-            sets[j] = {(M)s64[0], (M)s64[1], (M)s64[2], (M)s64[3], (M)s64[4], (M)s64[5], (M)s64[6], update};
+                                   j == 2 ? 0.0 : 1e-8, (step % 2 && j != 2) ? 0.01 : 0.0, step % 3 ? 1.0 : 1.0 - 1e-4, mult};
+            sets[j] = {(M)s64[0], (M)s64[1], (M)s64[2], (M)s64[3], (M)s64[4], (M)s64[5], (M)s64[6], (M)s64[7], update, 0};
         }
         for (size_t i = 0; i < ts.size(); i++)
             if (set_of(i) == 2 && (i / 3) % 3 == 0)
@@ -181,7 +193,7 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
             for (size_t i = 0; i < t.n; i++) {
                 // The rule of src/rule.rs, written out independently of the kernel's radam_elem.
                 const M p = Traits<P>::load(t.p_ref[i]);
-                const M g = Traits<P>::load(t.g()[i]) + ks.l2 * p;
+                const M g = Traits<P>::load(t.g()[i]) * ks.grad_mult + ks.l2 * p;
                 t.m_ref[i] = t.m_ref[i] + ks.one_minus_beta1 * (g - t.m_ref[i]);
                 t.v_ref[i] = ks.beta2 * t.v_ref[i] + ks.one_minus_beta2 * g * g;
                 if (ks.update == 0) {
@@ -227,18 +239,41 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
         bool want = j == bad[0] || j == bad[1] || j == bad[2];
         CHECK(flags[j] == (uint32_t)want, "%s check: tensor %zu flag %u, want %d", name, j, flags[j], (int)want);
     }
-    (void)exp_mask;
+    // Sum of squares: one partial per block, added per tensor; against a plain f64 sum.
+    std::vector<double> partials(blocks, -1.0);
+    launch(blocks, [&] {
+        sumsq(reinterpret_cast<const Entry*>(words.data()), reinterpret_cast<const uint32_t*>(words.data() + map_word),
+              partials.data());
+    });
+    size_t b = 0;
+    for (size_t j = 0; j < ts.size(); j++) {
+        auto& t = ts[j];
+        double got = 0, want = 0;
+        for (size_t k = 0; k < (t.n + RADAM_CHUNK - 1) / RADAM_CHUNK; k++) got += partials[b++];
+        for (size_t i = 0; i < t.n; i++) {
+            const double x = (double)Traits<P>::load(t.g()[i]);
+            want += x * x;
+        }
+        bool want_bad = j == bad[0] || j == bad[1] || j == bad[2];
+        if (want_bad) {
+            CHECK(!std::isfinite(got), "%s sumsq: tensor %zu should be non-finite, got %g", name, j, got);
+        } else {
+            CHECK(std::fabs(got - want) <= 1e-12 * want, "%s sumsq: tensor %zu (n=%zu) %.17g vs %.17g", name, j, t.n,
+                  got, want);
+        }
+    }
+    CHECK(b == blocks, "%s sumsq: %zu partials for %u blocks", name, b, blocks);
     printf("%-5s %zu tensors (%zu on the vector path), %zu elements, 12 steps: %s\n", name, ts.size(), vec_tensors,
-           elems, failures ? "MISMATCH" : "bit-identical to the reference; non-finite check ok");
+           elems, failures ? "MISMATCH" : "bit-identical to the reference; non-finite check and sums ok");
 }
 
 int main() {
     // The moment buffers come from std::vector: make sure the vector path is really exercised
     // (glibc's malloc aligns to 16 bytes).
-    run_dtype<float, float>("f32", radam_mt_f32, radam_check_b32, 0);
-    run_dtype<double, double>("f64", radam_mt_f64, radam_check_b64, 0);
-    run_dtype<__half, float>("f16", radam_mt_f16, radam_check_b16h, 0);
-    run_dtype<__nv_bfloat16, float>("bf16", radam_mt_bf16, radam_check_b16b, 0);
+    run_dtype<float, float>("f32", radam_mt_f32, radam_check_b32, radam_sumsq_f32);
+    run_dtype<double, double>("f64", radam_mt_f64, radam_check_b64, radam_sumsq_f64);
+    run_dtype<__half, float>("f16", radam_mt_f16, radam_check_b16h, radam_sumsq_f16);
+    run_dtype<__nv_bfloat16, float>("bf16", radam_mt_bf16, radam_check_b16b, radam_sumsq_bf16);
     if (failures) {
         printf("radam_emu: %d mismatches\n", failures);
         return 1;
