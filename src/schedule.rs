@@ -675,10 +675,15 @@ impl<O: Optimizer, S: Schedule> Scheduled<O, S> {
         Ok(())
     }
 
-    /// `loss.backward()` then [`Scheduled::step`].
+    /// Sets the learning rate from the schedule, then runs the inner optimizer's own
+    /// [`Optimizer::backward_step`] — so an optimizer that does more than `loss.backward()` there,
+    /// like [`crate::RAdam`] with a [`crate::LossScaler`] (it multiplies the loss by the loss
+    /// scale first), keeps doing it. On error nothing advances.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
-        self.step(&grads)
+        apply(&self.schedule, &mut self.opt, self.step)?;
+        self.opt.backward_step(loss)?;
+        self.step += 1;
+        Ok(())
     }
 
     /// Accepted calls to [`Scheduled::step`] so far, empty and skipped ones included (the step

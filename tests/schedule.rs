@@ -293,3 +293,35 @@ fn scheduled_counts_every_accepted_call_and_resumes_exactly() -> candle_core::Re
     assert_eq!(w2.as_tensor().to_vec1::<f32>()?, w.as_tensor().to_vec1::<f32>()?);
     Ok(())
 }
+
+/// `Scheduled::backward_step` runs the wrapped optimizer's own `backward_step`: RAdam with a
+/// `LossScaler` multiplies the loss by its scale there, so the wrapped run is bit-identical to the
+/// unwrapped one (the loss scaled by 2^16, the update unscaled). Calling `loss.backward()` itself
+/// would feed unscaled gradients to an optimizer that divides them by 2^16.
+#[test]
+fn scheduled_backward_step_keeps_the_optimizers_loss_scaling() -> candle_core::Result<()> {
+    use candle_radam::LossScaler;
+    let sched = warmup_then(2, 0.0, Constant::new(1e-2)?)?;
+    let (w_plain, loss) = quadratic();
+    let (w_wrapped, _) = quadratic();
+    let mut plain = RAdam::new(vec![w_plain.clone()], ParamsRAdam::default())?
+        .with_loss_scaler(LossScaler::new())?;
+    let mut wrapped = Scheduled::new(
+        RAdam::new(vec![w_wrapped.clone()], ParamsRAdam::default())?
+            .with_loss_scaler(LossScaler::new())?,
+        &sched,
+    );
+    for k in 0..8u64 {
+        apply(&sched, &mut plain, k)?;
+        plain.backward_step(&loss(&w_plain)?)?;
+        wrapped.backward_step(&loss(&w_wrapped)?)?;
+        assert_eq!(
+            w_plain.as_tensor().to_vec1::<f32>()?,
+            w_wrapped.as_tensor().to_vec1::<f32>()?,
+            "step {k}"
+        );
+    }
+    assert_eq!(wrapped.optimizer().loss_scale(), plain.loss_scale());
+    assert_eq!((wrapped.step_count(), wrapped.optimizer().step_count()), (8, 8));
+    Ok(())
+}
