@@ -389,6 +389,7 @@ fn make_variant(name: &str, args: &Args, pv: &PresetValues, steps: u64) -> Resul
         }
     };
     params.validate()?;
+    schedule.build()?; // refuse bad schedule settings before any training
     Ok(Variant { name: name.to_string(), params, schedule })
 }
 
@@ -578,6 +579,7 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
                 decay: args.decay,
                 total: steps,
             };
+            v.schedule.build()?;
             if let Some(n) = args.adam_freeze {
                 v.params.v_only_steps = n;
             }

@@ -362,6 +362,7 @@ pub fn train_variant(
 ) -> Result<VariantResult> {
     let (mut varmap, model) = build(&cfg.model, cfg.seed, device)?;
     let mut opt = RAdam::from_varmap(&varmap, variant.params.clone())?;
+    let schedule = variant.schedule.build()?;
     let vars = varmap.all_vars();
     let mut start = 0;
     if let Some(dir) = &cfg.resume {
@@ -394,8 +395,8 @@ pub fn train_variant(
     let mut steps_done = 0u64;
     for step in start + 1..=cfg.steps {
         let t0 = Instant::now();
-        let lr = variant.schedule.lr_at(step);
-        opt.set_learning_rate(lr);
+        // Update `step` (1-based) follows `step - 1` completed ones (the crate's convention).
+        let lr = candle_radam::schedule::apply(schedule.as_ref(), &mut opt, step - 1)?;
         let b = train.make_batch(stream.next_indices());
         let mem = model.encode(&b.src, b.size, b.src_len, &mut drop)?;
         let logits = model.decode(&mem, &b.tgt_in, b.size, b.tgt_len, &mut drop)?;
