@@ -22,8 +22,9 @@ fn read_curve(path: &Path, variant: &str) -> Result<Vec<CurvePoint>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 6 {
-            bail!("{}:{}: expected 6 fields, found {}", path.display(), i + 1, f.len());
+        // 7 fields (gnorm last); 6 in runs written before gnorm was logged.
+        if f.len() != 7 && f.len() != 6 {
+            bail!("{}:{}: expected 7 fields, found {}", path.display(), i + 1, f.len());
         }
         if f[1] != variant {
             continue;
@@ -35,6 +36,10 @@ fn read_curve(path: &Path, variant: &str) -> Result<Vec<CurvePoint>> {
                 train_loss: f[3].parse()?,
                 valid_loss: opt(f[4])?,
                 valid_ppl: opt(f[5])?,
+                gnorm: match f.get(6) {
+                    Some(g) => opt(g)?,
+                    None => None,
+                },
             })
         };
         out.push(parse().with_context(|| format!("{}:{}", path.display(), i + 1))?);

@@ -7,7 +7,7 @@
 //! is a warmup, as fairseq's `--warmup-init-lr`.
 
 use anyhow::Result;
-use candle_radam::schedule::{warmup_then, Constant, InverseSqrt, Linear, Schedule as _};
+use candle_radam::schedule::{warmup_then, Constant, InverseSqrt, Linear};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -73,6 +73,7 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_radam::schedule::Schedule as _;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-15 * a.abs().max(b.abs()).max(1e-300)
