@@ -13,7 +13,10 @@
 #   7. runs the CUDA test binary on the stand-in: at compute capability 9.0 (every test must
 #      run, none skip), at 7.5 (no bf16: the sm_80 refusal), and with a 12.8 driver that must
 #      refuse the PTX at construction. Prints how many GPU tests ran.
-# Exits non-zero on any failure. Cold: ~15 min on 2 cores (candle-kernels); warm: ~2 min.
+# Exits non-zero on any failure. Cold (fresh target dir and toolchain), the whole .ci/run measured
+# 2026-11-29 on the 2-core AMD EPYC VM: 3228 s wall, niced, with the machine loaded ~9 deep by
+# other builds (19 min of CPU; the CUDA build 28 min of it, mostly candle-kernels); warm ~5 min,
+# of which the stand-in runs ~2 min.
 #
 #   CARGO_TARGET_DIR  default $HOME/.cache/candle-radam/target-cuda (outside the clone, so a
 #                     fresh clone in CI reuses the previous build)
