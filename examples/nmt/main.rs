@@ -235,7 +235,9 @@ struct Args {
     dec_layers: Option<usize>,
     #[arg(long)]
     dropout: Option<f32>,
-    /// Embedding sharing: none, decoder (input = output projection), all (needs --joined-vocab).
+    /// Embedding sharing: none, decoder (input = output projection), all (encoder too: needs one
+    /// vocabulary for both languages, i.e. a subword vocabulary, always joint, or --joined-vocab
+    /// with --subword none).
     #[arg(long, value_enum, default_value = "decoder")]
     share: ShareEmbed,
     /// One vocabulary for both languages.
