@@ -1261,10 +1261,12 @@ mod tests {
         tiny("radam", &o("b"), &[])?;
         let hyp_a = std::fs::read_to_string(dir.path().join("a/hyp.adam.txt"))?;
         assert_eq!(hyp_a.lines().count(), 30);
+        std::fs::write(dir.path().join("a/hyp.adam-2k.txt"), "stale\n")?;
         let m = run(args(&["--merge", &format!("{},{}", o("a"), o("b")), "--out", &o("a")]))?;
         assert_eq!(m.len(), 2);
         assert_eq!(std::fs::read_to_string(dir.path().join("a/hyp.adam.txt"))?, hyp_a);
         assert!(dir.path().join("a/hyp.radam.txt").metadata()?.len() > 0);
+        assert!(!dir.path().join("a/hyp.adam-2k.txt").exists());
         for (flags, setting) in [
             (&["--lr", "1e-3"][..], "lr"),
             (&["--betas", "0.8,0.98"], "betas"),

@@ -6,7 +6,8 @@
 //!
 //! Reads `summary.json`, `curves.csv` and `hyp.<variant>.txt` of each directory; writes the
 //! combined `curves.csv`, `curves.png`, `summary.json` (with `merged_from`) and copies the
-//! hypotheses and `tokenizer.json` to `--out`.
+//! hypotheses and `tokenizer.json` to `--out` (removing `hyp.<variant>.txt` of other variants
+//! left there).
 
 use crate::outdir::same_path;
 use crate::train::{CurvePoint, VariantResult};
@@ -144,6 +145,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
         if t.exists() && !same_path(&t, &out.join(name)) {
             std::fs::copy(&t, out.join(name))?;
         }
+    }
+    let keep: Vec<&str> = results.iter().map(|r| r.variant.as_str()).collect();
+    let stale = crate::outdir::remove_stale_hyps(out, &keep)?;
+    if !stale.is_empty() {
+        eprintln!("removed {} of an earlier run in {}", stale.join(", "), out.display());
     }
     summary["variants"] = serde_json::to_value(&results)?;
     summary["merged_from"] = dirs.iter().map(|d| d.display().to_string()).collect();
