@@ -815,8 +815,14 @@ mod tests {
     use candle_nn::Optimizer;
     use candle_radam::RAdam;
 
+    /// Tiny, quiet runs; `--out` defaults to a fresh path per call (tests run in parallel and
+    /// must not share `out/nmt`); an `--out` in `extra` overrides it.
     fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["nmt", "--preset", "tiny", "--quiet"];
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = std::env::temp_dir().join(format!("nmt-test-{}-{n}", std::process::id()));
+        let out = out.to_str().unwrap().to_string();
+        let mut v = vec!["nmt", "--preset", "tiny", "--quiet", "--out", &out];
         v.extend_from_slice(extra);
         Args::try_parse_from(v).unwrap()
     }
