@@ -3,7 +3,7 @@
 
 Scores fixed hypothesis/reference sets with the `sacrebleu` package and writes
 examples/nmt/sacrebleu_reference.json; the Rust test `sacrebleu::tests::matches_the_sacrebleu_package`
-must match every number to 0.01.
+must match every number to 1e-9 (scores are 0..100).
 
     pip install sacrebleu          # 2.x
     python3 scripts/sacrebleu_reference.py
