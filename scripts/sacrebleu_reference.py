@@ -3,7 +3,7 @@
 
 Scores fixed hypothesis/reference sets with the `sacrebleu` package and writes
 examples/nmt/sacrebleu_reference.json; the Rust test `sacrebleu::tests::matches_the_sacrebleu_package`
-must match every number to 0.01.
+must match every number to 1e-9 (scores are 0..100).
 
     pip install sacrebleu          # 2.x
     python3 scripts/sacrebleu_reference.py
@@ -18,7 +18,8 @@ from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 # Each case: hypotheses and one reference per hypothesis. They cover punctuation, numbers
 # (decimal points, thousands separators, ranges), case, quotes and HTML entities, hyphens,
 # non-ASCII text, empty lines, repeated words (clipping), short lines (no 4-grams) and
-# surrounding whitespace.
+# surrounding whitespace, no unigram match, empty references and hypotheses, brevity penalty
+# edge cases.
 CASES = {
     "multi30k_like": (
         [
@@ -64,6 +65,17 @@ CASES = {
         ["one two three four five", "six"],
         ["one two x three four y five", "seven"],
     ),
+    # No unigram matches: sacreBLEU returns 0 without smoothing (the `not any(correct)` rule).
+    "no_unigram_match": (["a b c d"], ["w x y z"]),
+    "no_unigram_match_corpus": (["a b c d", "e f"], ["w x y z", "g h i"]),
+    "empty_reference": (["a b c"], [""]),
+    "all_empty": ([""], [""]),
+    "empty_hypotheses": (["", ""], ["a b", "c d e"]),
+    # Unigram matches only, hypothesis shorter than the reference (brevity penalty < 1).
+    "unigram_only_short": (["b a"], ["a x b y z"]),
+    "short_hypothesis": (["a b c d x", "p q"], ["a b c d e f g", "p q r"]),
+    # Hypothesis longer than the reference: no brevity penalty.
+    "long_hypothesis": (["a b c d e f g h"], ["a b c"]),
     "perfect": (
         ["A man is cooking.", "Two dogs play in the snow."],
         ["A man is cooking.", "Two dogs play in the snow."],

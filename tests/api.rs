@@ -464,3 +464,16 @@ fn gradient_sharing_another_vars_storage_is_copied() {
     };
     assert_eq!(run(true), run(false));
 }
+
+/// The README's `## Use` snippet is `examples/quickstart.rs` verbatim (which `cargo test`
+/// compiles), so the snippet compiles as written.
+#[test]
+fn readme_use_snippet_is_the_quickstart_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/examples/quickstart.rs")).unwrap();
+    let code = example.split_once("\n\n").unwrap().1; // without the `//!` header
+    let block = readme.split_once("## Use\n\n```rust\n").unwrap().1;
+    let block = &block[..block.find("```\n").unwrap()];
+    assert_eq!(block, code, "README ## Use differs from examples/quickstart.rs");
+}

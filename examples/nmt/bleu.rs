@@ -1,6 +1,7 @@
 //! Corpus BLEU-4 as sacreBLEU computes it with `tokenize="none"` (the text is already tokenized)
 //! and its default `exp` smoothing: clipped n-gram matches and totals are summed over the corpus,
-//! BLEU = BP * exp(mean_n log p_n), BP = exp(1 - r / c) when the hypothesis is shorter.
+//! BLEU = BP * exp(mean_n log p_n), BP = exp(1 - r / c) when the hypothesis is shorter
+//! (Papineni et al. 2002); 0 when no n-gram matches at all (sacreBLEU 2.x `BLEU.compute_bleu`).
 
 use std::collections::HashMap;
 
@@ -42,7 +43,21 @@ pub fn corpus_bleu(hyps: &[Vec<String>], refs: &[Vec<String>]) -> Bleu {
                 hc.iter().map(|(g, &c)| c.min(rc.get(g).copied().unwrap_or(0))).sum::<usize>();
         }
     }
+    // sacreBLEU 2.x `BLEU.compute_bleu`: BP = 0 for an empty system output shorter than the
+    // references, 1 when both are empty.
+    let brevity_penalty = if sys_len >= ref_len {
+        1.0
+    } else if sys_len == 0 {
+        0.0
+    } else {
+        (1.0 - ref_len as f64 / sys_len as f64).exp()
+    };
     let mut precisions = [0f64; 4];
+    // No matching n-gram of any order (no unigram match implies none of higher order): BLEU 0,
+    // without smoothing (sacreBLEU's early stop, its issue #141).
+    if correct.iter().all(|&c| c == 0) {
+        return Bleu { score: 0.0, precisions, brevity_penalty, sys_len, ref_len };
+    }
     let mut smooth = 1.0;
     for n in 0..4 {
         if total[n] == 0 {
@@ -55,13 +70,6 @@ pub fn corpus_bleu(hyps: &[Vec<String>], refs: &[Vec<String>]) -> Bleu {
             precisions[n] = 100.0 * correct[n] as f64 / total[n] as f64;
         }
     }
-    let brevity_penalty = if sys_len == 0 {
-        0.0
-    } else if sys_len < ref_len {
-        (1.0 - ref_len as f64 / sys_len as f64).exp()
-    } else {
-        1.0
-    };
     let log_mean =
         precisions.iter().map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() }).sum::<f64>()
             / 4.0;
@@ -120,6 +128,20 @@ mod tests {
         // Clipping: "the the the" vs "the cat": 1-gram precision 1/3.
         let c = corpus_bleu(&[t("the the the")], &[t("the cat")]);
         assert!((c.precisions[0] - 100.0 / 3.0).abs() < 1e-9);
+    }
+
+    /// sacreBLEU returns 0 (no smoothing) when nothing matches, including empty references.
+    #[test]
+    fn no_match_is_zero() {
+        let b = corpus_bleu(&[t("a b c d")], &[t("w x y z")]);
+        assert_eq!((b.score, b.brevity_penalty, b.precisions), (0.0, 1.0, [0.0; 4]));
+        let b = corpus_bleu(&[t("a b c d"), t("e f")], &[t("w x y z"), t("g h i")]);
+        assert_eq!(b.score, 0.0);
+        assert!((b.brevity_penalty - (1.0f64 - 7.0 / 6.0).exp()).abs() < 1e-15);
+        assert_eq!(corpus_bleu(&[t("a b c")], &[vec![]]).score, 0.0);
+        let b = corpus_bleu(&[vec![]], &[vec![]]);
+        assert_eq!((b.score, b.brevity_penalty), (0.0, 1.0));
+        assert_eq!(corpus_bleu(&[vec![]], &[t("a b")]).brevity_penalty, 0.0);
     }
 
     #[test]

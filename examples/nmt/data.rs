@@ -265,7 +265,7 @@ fn synthetic_pair(spec: &SyntheticSpec, lex: &Lexicon, rng: &mut StdRng) -> Pair
 // ---------------------------------------------------------------------------------------------
 
 /// Tokenized pairs from text lines: `split` tokenizes one line. Pairs where either side is
-/// empty are skipped, as are pairs longer than `max_len` tokens on either side (as fairseq's
+/// empty or whitespace only are skipped (whatever `split` makes of them), as are pairs longer than `max_len` tokens on either side (as fairseq's
 /// `--skip-invalid-size-inputs-valid-test` does).
 ///
 /// Errors: `split`'s, or no usable pair (`what` names the data in the message).
@@ -277,6 +277,9 @@ pub fn tokenize_pairs(
 ) -> Result<Vec<Pair>> {
     let mut pairs = Vec::with_capacity(lines.len());
     for (s, t) in lines {
+        if s.trim().is_empty() || t.trim().is_empty() {
+            continue;
+        }
         let (src, tgt) = (split(s)?, split(t)?);
         if !src.is_empty() && !tgt.is_empty() && src.len() <= max_len && tgt.len() <= max_len {
             pairs.push(Pair { src, tgt });
@@ -568,5 +571,14 @@ mod tests {
             tokenize_pairs(&lines[1..3], 2, "the data", split_whitespace).unwrap_err().to_string();
         assert!(e.contains("the data: no usable sentence pair"), "{e}");
         assert!(Corpus::new(vec![], p, false).is_err());
+        // Whitespace-only lines are dropped like empty ones, even where the tokenizer makes a
+        // token of them (a SentencePiece-style "▁").
+        let ws: Vec<(String, String)> = [("a", "  "), (" \t", "x"), ("b", "y")]
+            .iter()
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .collect();
+        let marker = |l: &str| Ok(vec![format!("▁{}", l.trim())]);
+        let p = tokenize_pairs(&ws, 2, "t", marker).unwrap();
+        assert_eq!(p, vec![Pair { src: toks("▁b"), tgt: toks("▁y") }]);
     }
 }

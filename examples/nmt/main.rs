@@ -37,6 +37,7 @@ mod bleu;
 mod data;
 mod merge;
 mod model;
+mod outdir;
 mod plot;
 mod sacrebleu;
 mod schedule;
@@ -168,8 +169,8 @@ struct Args {
     /// Peak learning rate (default: the preset's).
     #[arg(long)]
     lr: Option<f64>,
-    /// Adam betas "beta1,beta2".
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = vec![0.9, 0.98])]
+    /// Adam betas: "beta1,beta2" (or two values: --betas 0.9 0.98).
+    #[arg(long, value_delimiter = ',', num_args = 1..=2, default_values_t = vec![0.9, 0.98])]
     betas: Vec<f64>,
     /// Adam epsilon (adam-eps uses 1e-4).
     #[arg(long, default_value_t = 1e-8)]
@@ -234,7 +235,9 @@ struct Args {
     dec_layers: Option<usize>,
     #[arg(long)]
     dropout: Option<f32>,
-    /// Embedding sharing: none, decoder (input = output projection), all (needs --joined-vocab).
+    /// Embedding sharing: none, decoder (input = output projection), all (encoder too: needs one
+    /// vocabulary for both languages, i.e. a subword vocabulary, always joint, or --joined-vocab
+    /// with --subword none).
     #[arg(long, value_enum, default_value = "decoder")]
     share: ShareEmbed,
     /// One vocabulary for both languages.
@@ -414,15 +417,11 @@ struct Summary<'a> {
     beam: usize,
     device: String,
     seed: u64,
+    /// Every setting that affects the results (what `--merge` compares), with fingerprints of
+    /// the data and of the tokenizer.
+    settings: serde_json::Value,
     wall_seconds: f64,
     variants: &'a [VariantResult],
-}
-
-fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// `curves.csv`, `curves.png` and `summary.json` for the variants trained so far.
@@ -458,7 +457,7 @@ fn write_outputs(
 /// The results as a Markdown table on stdout.
 fn print_table(results: &[VariantResult], eval_name: &str) {
     println!(
-        "| variant | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenized | chrF | ms/step | tokens/s |",
+        "| variant | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenize=none | chrF | ms/step | tokens/s |",
         e = eval_name
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -479,7 +478,63 @@ fn print_table(results: &[VariantResult], eval_name: &str) {
     }
 }
 
+/// The settings that affect a run's results (all but paths, progress and threads), resolved
+/// against the preset, with FNV-1a fingerprints of the tokenized data (train, valid and the
+/// evaluation set with its references) and of the tokenizer. Runs merged by `--merge` must
+/// agree on all of them.
+fn settings(
+    args: &Args,
+    pv: &PresetValues,
+    loaded: &source::Loaded,
+    tokenizer_fp: Option<String>,
+) -> serde_json::Value {
+    use subword::fingerprint;
+    let pair_lines = |pairs: &[data::Pair]| -> Vec<String> {
+        pairs.iter().map(|p| format!("{}\t{}", p.src.join(" "), p.tgt.join(" "))).collect()
+    };
+    let c = &loaded.corpus;
+    let lines: Vec<String> = [pair_lines(&c.train), pair_lines(&c.valid), pair_lines(&loaded.eval)]
+        .concat()
+        .into_iter()
+        .chain(loaded.eval_refs.iter().cloned())
+        .collect();
+    let data_fp = fingerprint(lines.iter().map(String::as_str));
+    let single = args.optimizer.is_some();
+    serde_json::json!({
+        "lr": args.lr.unwrap_or(pv.lr),
+        "betas": args.betas,
+        "eps": args.eps,
+        "weight_decay": args.weight_decay.unwrap_or(pv.weight_decay),
+        "decoupled_wd": args.decoupled_wd,
+        "warmup": args.warmup.unwrap_or(if single { 0 } else { pv.warmup }),
+        "warmup_init_lr": args.warmup_init_lr,
+        "decay": format!("{:?}", args.decay),
+        "adam_freeze": args.adam_freeze.unwrap_or(if single { 0 } else { pv.adam_freeze }),
+        "label_smoothing": args.label_smoothing,
+        "clip_norm": args.clip_norm,
+        "eval_every": args.eval_every.unwrap_or(pv.eval_every).max(1),
+        "bleu_sentences": args.bleu_sentences,
+        "subword": format!("{:?}", args.subword),
+        "vocab_size": if args.subword == SubwordKind::None { None } else { Some(args.vocab_size) },
+        "joined_vocab": args.joined_vocab,
+        "max_len": args.max_len,
+        "remove_bpe": args.remove_bpe,
+        "resumed": args.resume.is_some(),
+        "device": format!("{:?}", args.device),
+        "train_pairs": c.train.len(),
+        "valid_pairs": c.valid.len(),
+        "eval_pairs": loaded.eval.len(),
+        "data_fingerprint": data_fp,
+        "tokenizer_fingerprint": tokenizer_fp,
+    })
+}
+
 fn run(args: Args) -> Result<Vec<VariantResult>> {
+    // Unusable output paths fail here, before any work, and leave nothing behind.
+    outdir::check_writable(&args.out, "--out")?;
+    if let Some(dir) = &args.save {
+        outdir::check_writable(dir, "--save")?;
+    }
     if let Some(dirs) = &args.merge {
         let results = merge::merge(dirs, &args.out)?;
         let summary: serde_json::Value =
@@ -493,10 +548,6 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
     let dev = device(args.device)?;
     if args.betas.len() != 2 {
         bail!("--betas takes two values, e.g. --betas 0.9,0.98");
-    }
-
-    if args.out.exists() && !args.out.is_dir() {
-        bail!("--out {}: expected a directory (for curves.csv, curves.png, summary.json, hyp.<variant>.txt), found a file", args.out.display());
     }
 
     let data_spec = match (&args.multi30k, &args.train_src) {
@@ -614,13 +665,16 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut tokenizer_desc = None;
+    let run_settings =
+        settings(&args, &pv, &loaded, loaded.tokenizer.as_ref().map(|(sw, _)| sw.fingerprint()));
     if let Some((sw, origin)) = &loaded.tokenizer {
         let meta = match origin {
             TokenizerOrigin::Learned(m) => Some(m.clone()),
             TokenizerOrigin::Loaded(_, m) => m.clone(),
         };
         let here = args.out.join("tokenizer.json");
-        let same_file = matches!(origin, TokenizerOrigin::Loaded(p, _) if same_path(p, &here));
+        let same_file =
+            matches!(origin, TokenizerOrigin::Loaded(p, _) if outdir::same_path(p, &here));
         if !same_file {
             sw.save(&here, meta.as_ref())?;
         }
@@ -681,7 +735,7 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         }
         let sc = r.scores.unwrap_or_default();
         eprintln!(
-            "{:>12}: valid ppl {:.3} (best {:.3}); {} BLEU {:.2} (lowercased {:.2}, tokenized {:.2}), chrF {:.2}; {:.1} ms/step, {:.0} tokens/s{}",
+            "{:>12}: valid ppl {:.3} (best {:.3}); {} BLEU {:.2} (lowercased {:.2}, tokenize=none {:.2}), chrF {:.2}; {:.1} ms/step, {:.0} tokens/s{}",
             r.variant,
             r.final_valid_ppl,
             r.best_valid_ppl,
@@ -713,10 +767,24 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
             beam: cfg.beam,
             device: format!("{dev:?}"),
             seed: args.seed,
+            settings: run_settings.clone(),
             wall_seconds: wall.elapsed().as_secs_f64(),
             variants: &results,
         };
         write_outputs(&args.out, &results, &title, &summary)?;
+        if results.len() == 1 {
+            // The directory now describes this run: translations of other variants, left by an
+            // earlier run into it, would pass for this run's.
+            let keep: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+            let stale = outdir::remove_stale_hyps(&args.out, &keep)?;
+            if !stale.is_empty() {
+                eprintln!(
+                    "removed {} of an earlier run in {}",
+                    stale.join(", "),
+                    args.out.display()
+                );
+            }
+        }
     }
 
     print_table(&results, loaded.eval_name);
@@ -747,8 +815,14 @@ mod tests {
     use candle_nn::Optimizer;
     use candle_radam::RAdam;
 
+    /// Tiny, quiet runs; `--out` defaults to a fresh path per call (tests run in parallel and
+    /// must not share `out/nmt`); an `--out` in `extra` overrides it.
     fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["nmt", "--preset", "tiny", "--quiet"];
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = std::env::temp_dir().join(format!("nmt-test-{}-{n}", std::process::id()));
+        let out = out.to_str().unwrap().to_string();
+        let mut v = vec!["nmt", "--preset", "tiny", "--quiet", "--out", &out];
         v.extend_from_slice(extra);
         Args::try_parse_from(v).unwrap()
     }
@@ -1176,6 +1250,143 @@ mod tests {
         assert!(e.contains("--subword none"), "{e}");
         assert!(!out.exists());
         Ok(())
+    }
+
+    /// `--merge X,Y --out X`: X's translations survive (no copy onto itself); runs that differ
+    /// in any setting that affects results are refused, naming it.
+    #[test]
+    fn merge_keeps_inputs_and_refuses_other_settings() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let o = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let tiny = |v: &str, out: &str, extra: &[&str]| -> Result<()> {
+            let mut a = vec!["--compare", v, "--steps", "2", "--n-train", "60", "--out", out];
+            a.extend_from_slice(extra);
+            run(args(&a)).map(|_| ())
+        };
+        tiny("adam", &o("a"), &[])?;
+        tiny("radam", &o("b"), &[])?;
+        let hyp_a = std::fs::read_to_string(dir.path().join("a/hyp.adam.txt"))?;
+        assert_eq!(hyp_a.lines().count(), 30);
+        std::fs::write(dir.path().join("a/hyp.adam-2k.txt"), "stale\n")?;
+        let m = run(args(&["--merge", &format!("{},{}", o("a"), o("b")), "--out", &o("a")]))?;
+        assert_eq!(m.len(), 2);
+        assert_eq!(std::fs::read_to_string(dir.path().join("a/hyp.adam.txt"))?, hyp_a);
+        assert!(dir.path().join("a/hyp.radam.txt").metadata()?.len() > 0);
+        assert!(!dir.path().join("a/hyp.adam-2k.txt").exists());
+        for (flags, setting) in [
+            (&["--lr", "1e-3"][..], "lr"),
+            (&["--betas", "0.8,0.98"], "betas"),
+            (&["--eps", "1e-6"], "eps"),
+            (&["--weight-decay", "0.01"], "weight_decay"),
+            (&["--decoupled-wd"], "decoupled_wd"),
+            (&["--warmup", "1"], "warmup"),
+            (&["--decay", "constant"], "decay"),
+            (&["--label-smoothing", "0"], "label_smoothing"),
+            (&["--clip-norm", "1"], "clip_norm"),
+            (&["--max-len", "5"], "max_len"),
+            (&["--n-train", "61"], "data_fingerprint"),
+        ] {
+            tiny("radam", &o("c"), flags)?;
+            let e = run(args(&["--merge", &format!("{},{}", o("b"), o("c")), "--out", &o("m")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!(": {setting} is ")), "{flags:?}: {e}");
+        }
+        Ok(())
+    }
+
+    /// A re-run into an --out with fewer variants removes the translations of the others.
+    #[test]
+    fn stale_translations_are_removed() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("o");
+        let o = out.to_str().unwrap();
+        let base = ["--steps", "2", "--n-train", "60", "--out", o];
+        run(args(&[&["--compare", "adam,radam"][..], &base].concat()))?;
+        assert!(out.join("hyp.adam.txt").exists());
+        run(args(&[&["--compare", "radam"][..], &base].concat()))?;
+        assert!(!out.join("hyp.adam.txt").exists() && out.join("hyp.radam.txt").exists());
+        Ok(())
+    }
+
+    /// Unusable --out or --save paths fail before any work and create nothing.
+    #[test]
+    fn unusable_output_paths_fail_up_front() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x")?;
+        let fresh = dir.path().join("fresh/out");
+        let under_file = file.join("ck");
+        let e = format!(
+            "{:#}",
+            run(args(&[
+                "--steps",
+                "2",
+                "--out",
+                fresh.to_str().unwrap(),
+                "--save",
+                under_file.to_str().unwrap()
+            ]))
+            .unwrap_err()
+        );
+        assert!(e.contains("--save"), "{e}");
+        assert!(!dir.path().join("fresh").exists());
+        let e = format!("{:#}", run(args(&["--out", under_file.to_str().unwrap()])).unwrap_err());
+        assert!(e.contains("--out"), "{e}");
+        Ok(())
+    }
+
+    /// --tokenizer never overwrites another tokenizer.json in --out.
+    #[test]
+    fn given_tokenizer_does_not_overwrite_another() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let d = |n: &str| dir.path().join(n);
+        let de: String = (0..40).map(|i| format!("Ein Hund {i} läuft schnell.\n")).collect();
+        let en: String = (0..40).map(|i| format!("A dog {i} runs fast.\n")).collect();
+        for (n, t) in [("t.de", &de), ("t.en", &en)] {
+            std::fs::write(d(n), t)?;
+        }
+        let texts: Vec<&str> = de.lines().chain(en.lines()).collect();
+        let out = d("out");
+        std::fs::create_dir(&out)?;
+        subword::Subword::train(SubwordKind::Bpe, 100, &texts)?
+            .save(&out.join("tokenizer.json"), None)?;
+        subword::Subword::train(SubwordKind::Bpe, 120, &texts)?.save(&d("other.json"), None)?;
+        let before = std::fs::read(out.join("tokenizer.json"))?;
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        let e = format!(
+            "{:#}",
+            run(args(&[
+                "--train-src",
+                &s(d("t.de")),
+                "--train-tgt",
+                &s(d("t.en")),
+                "--valid-src",
+                &s(d("t.de")),
+                "--valid-tgt",
+                &s(d("t.en")),
+                "--tokenizer",
+                &s(d("other.json")),
+                "--out",
+                &s(out.clone()),
+            ]))
+            .unwrap_err()
+        );
+        assert!(e.contains("another tokenizer"), "{e}");
+        assert_eq!(std::fs::read(out.join("tokenizer.json"))?, before);
+        Ok(())
+    }
+
+    #[test]
+    fn betas_as_documented() {
+        for form in [&["--betas", "0.8,0.99"][..], &["--betas", "0.8", "0.99"]] {
+            assert_eq!(args(form).betas, [0.8, 0.99], "{form:?}");
+        }
+        assert_eq!(args(&[]).betas, [0.9, 0.98]);
+        for bad in ["0.9", "0.9,0.98,0.5"] {
+            let e = run(args(&["--betas", bad])).unwrap_err().to_string();
+            assert!(e.contains("two values"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!
 //! Reads `summary.json`, `curves.csv` and `hyp.<variant>.txt` of each directory; writes the
 //! combined `curves.csv`, `curves.png`, `summary.json` (with `merged_from`) and copies the
-//! hypotheses and `tokenizer.json` to `--out`.
+//! hypotheses and `tokenizer.json` to `--out` (removing `hyp.<variant>.txt` of other variants
+//! left there).
 
+use crate::outdir::same_path;
 use crate::train::{CurvePoint, VariantResult};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -47,14 +49,48 @@ fn read_curve(path: &Path, variant: &str) -> Result<Vec<CurvePoint>> {
     Ok(out)
 }
 
-/// The settings two runs must share to be compared.
-const SAME: [&str; 8] =
-    ["preset", "model", "steps", "max_tokens", "data", "seed", "eval_set", "beam"];
+/// The top-level summary entries two runs must share to be compared; `settings` holds the rest
+/// (optimizer, schedule, loss, tokenizer and data fingerprints: see `main::settings`).
+const SAME: [&str; 10] = [
+    "preset",
+    "model",
+    "steps",
+    "max_tokens",
+    "data",
+    "seed",
+    "eval_set",
+    "eval_sentences",
+    "beam",
+    "settings",
+];
+
+/// The first setting in which summaries `a` and `b` differ: its name (`settings.` entries by
+/// their own name) and both values.
+fn first_difference(a: &Value, b: &Value) -> Option<(String, Value, Value)> {
+    for k in SAME {
+        if k == "settings" {
+            let (sa, sb) = (&a[k], &b[k]);
+            let mut keys: Vec<&String> =
+                sa.as_object().into_iter().flat_map(|o| o.keys()).collect();
+            keys.extend(sb.as_object().into_iter().flat_map(|o| o.keys()));
+            for key in keys {
+                if sa[key] != sb[key] {
+                    return Some((key.clone(), sa[key].clone(), sb[key].clone()));
+                }
+            }
+        } else if a[k] != b[k] {
+            return Some((k.to_string(), a[k].clone(), b[k].clone()));
+        }
+    }
+    None
+}
 
 /// Merges the runs in `dirs` into `out`; returns the merged variants in the order given.
+/// `out` may be one of `dirs`: its files are read before and never copied onto themselves.
 ///
-/// Errors: a directory without this example's outputs, runs whose settings differ (model,
-/// steps, batch size, data, seed, evaluation set, beam), a variant that occurs twice.
+/// Errors: a directory without this example's outputs, a summary without `settings` (written
+/// by an older version: re-run it), runs whose settings differ (any of [`SAME`] or of
+/// `settings`: the message names it), a variant that occurs twice.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
     let mut first: Option<Value> = None;
     let mut results: Vec<VariantResult> = Vec::new();
@@ -65,17 +101,19 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
             &std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
         )
         .with_context(|| format!("{} is not a summary.json of this example", p.display()))?;
+        if !s["settings"].is_object() {
+            bail!(
+                "{}: no `settings` (written by an older version of this example): re-run it to merge",
+                p.display()
+            );
+        }
         if let Some(f) = &first {
-            for k in SAME {
-                if f[k] != s[k] {
-                    bail!(
-                        "{}: {k} is {} but {} in {}; only runs with the same settings can be merged",
-                        dir.display(),
-                        s[k],
-                        f[k],
-                        dirs[0].display()
-                    );
-                }
+            if let Some((k, theirs, ours)) = first_difference(f, &s) {
+                bail!(
+                    "{}: {k} is {ours} but {theirs} in {}; only runs with the same settings can be merged",
+                    dir.display(),
+                    dirs[0].display()
+                );
             }
         }
         let vars: Vec<VariantResult> = serde_json::from_value(s["variants"].clone())
@@ -96,14 +134,22 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
     let Some(mut summary) = first else { bail!("--merge: no directory given") };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for h in &hyps {
-        std::fs::copy(h, out.join(h.file_name().unwrap()))
-            .with_context(|| format!("cannot copy {}", h.display()))?;
+        let to = out.join(h.file_name().unwrap());
+        // Copying a file onto itself (`--out` is one of the inputs) would empty it.
+        if !same_path(h, &to) {
+            std::fs::copy(h, &to).with_context(|| format!("cannot copy {}", h.display()))?;
+        }
     }
     for name in ["tokenizer.json", "tokenizer.meta.json"] {
         let t = dirs[0].join(name);
-        if t.exists() && !out.join(name).exists() {
+        if t.exists() && !same_path(&t, &out.join(name)) {
             std::fs::copy(&t, out.join(name))?;
         }
+    }
+    let keep: Vec<&str> = results.iter().map(|r| r.variant.as_str()).collect();
+    let stale = crate::outdir::remove_stale_hyps(out, &keep)?;
+    if !stale.is_empty() {
+        eprintln!("removed {} of an earlier run in {}", stale.join(", "), out.display());
     }
     summary["variants"] = serde_json::to_value(&results)?;
     summary["merged_from"] = dirs.iter().map(|d| d.display().to_string()).collect();

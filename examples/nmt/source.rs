@@ -6,6 +6,7 @@
 
 use crate::bleu::remove_bpe;
 use crate::data::{self, synthetic, Corpus, Pair, SyntheticSpec, Vocab};
+use crate::outdir::same_path;
 use crate::subword::{self, fingerprint, Subword, SubwordKind, SubwordMeta};
 use crate::text::{read_parallel_lines, ParallelFiles};
 use anyhow::{bail, Context, Result};
@@ -92,8 +93,22 @@ fn subword_for(
     spec: &TokenizeSpec,
     train: &[(String, String)],
 ) -> Result<(Subword, TokenizerOrigin)> {
+    let existing = spec.out.join("tokenizer.json");
+    // A given tokenizer is copied to --out: never over another one (the translations and
+    // checkpoints there were made with it).
     let load = |p: &Path| -> Result<(Subword, TokenizerOrigin)> {
-        Ok((Subword::load(p)?, TokenizerOrigin::Loaded(p.to_path_buf(), subword::read_meta(p)?)))
+        let sw = Subword::load(p)?;
+        if existing.exists() && !same_path(p, &existing) {
+            let there = Subword::load(&existing)?;
+            if there.fingerprint() != sw.fingerprint() {
+                bail!(
+                    "{} is another tokenizer than {} (made from other data or settings); use another --out or remove it",
+                    existing.display(),
+                    p.display()
+                );
+            }
+        }
+        Ok((sw, TokenizerOrigin::Loaded(p.to_path_buf(), subword::read_meta(p)?)))
     };
     if let Some(p) = &spec.tokenizer {
         return load(p);
@@ -114,7 +129,6 @@ fn subword_for(
         data_fingerprint: fingerprint(train.iter().flat_map(|(s, t)| [s.as_str(), t.as_str()])),
         train_pairs: train.len(),
     };
-    let existing = spec.out.join("tokenizer.json");
     if existing.exists() {
         match subword::read_meta(&existing)? {
             Some(m) if m == meta => return load(&existing),

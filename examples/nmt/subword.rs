@@ -150,6 +150,12 @@ impl Subword {
         Ok(())
     }
 
+    /// FNV-1a 64 of the tokenizer's serialized model (normalizer, pre-tokenizer, vocabulary,
+    /// merges, decoder), hex: equal for the same tokenizer.
+    pub fn fingerprint(&self) -> String {
+        fingerprint([self.tok.to_string(false).unwrap_or_default().as_str()])
+    }
+
     /// All entries, in id order.
     pub fn vocab(&self) -> Vec<String> {
         let n = self.tok.get_vocab_size(true);

@@ -24,7 +24,9 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", path.display()))?;
     }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    // A UTF-8 byte order mark at the start (as some Windows editors write) is not text.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if bytes.is_empty() {
         bail!("{} is empty", path.display());
     }
@@ -142,6 +144,13 @@ pub mod tests {
         // A trailing newline does not add a line.
         std::fs::write(dir.path().join("b"), "x\ny\n").unwrap();
         assert_eq!(read_lines(&dir.path().join("b")).unwrap(), ["x", "y"]);
+        // A UTF-8 byte order mark is dropped (only at the start); a file of only a BOM is empty.
+        std::fs::write(dir.path().join("bom"), "\u{feff}Ein Hund.\n\u{feff}x\n").unwrap();
+        assert_eq!(read_lines(&dir.path().join("bom")).unwrap(), ["Ein Hund.", "\u{feff}x"]);
+        gz(&dir.path().join("bom.gz"), "\u{feff}a\n".as_bytes());
+        assert_eq!(read_lines(&dir.path().join("bom.gz")).unwrap(), ["a"]);
+        std::fs::write(dir.path().join("only"), "\u{feff}").unwrap();
+        assert!(read_lines(&dir.path().join("only")).unwrap_err().to_string().contains("empty"));
     }
 
     #[test]
