@@ -5,7 +5,8 @@
 //! (`cuda-standin/`, what CI uses: the same launcher, cudarc and candle code, with the kernels of
 //! `kernels/radam.cu` compiled for the host and run over the real grid, under AddressSanitizer);
 //! and where no device can be opened (no GPU, no driver, or the stub driver of
-//! `scripts/cuda-toolchain.sh`) every test prints that it was skipped and passes.
+//! `scripts/cuda-toolchain.sh`) every test prints that it was skipped and passes; any other error
+//! opening the device fails the test (`cuda/device.rs`).
 //!
 //! Inputs are made on the CPU and copied to the device, and nothing here runs candle's own CUDA
 //! kernels (no device-side `to_dtype`, `randn` or arithmetic), so every test runs on the stand-in,
@@ -23,27 +24,11 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The CUDA device, or `None` (and a note on stderr) when there is none.
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or("").to_string();
-            eprintln!("{test}: skipped, no CUDA device ({first})");
-            None
-        }
-    }
-}
+use crate::device::{dtypes, gpu, has_bf16};
 
 fn compute_capability(dev: &Device) -> (i32, i32) {
     let Device::Cuda(d) = dev else { unreachable!() };
     d.cuda_stream().context().compute_capability().expect("compute capability")
-}
-
-/// Whether this build's kernels run bf16 on the GPU (sm_80+ and at least the build's arch).
-fn has_bf16(dev: &Device) -> bool {
-    let Device::Cuda(d) = dev else { unreachable!() };
-    candle_radam::cuda_supports(d, DType::BF16).is_ok()
 }
 
 fn random(rng: &mut StdRng, n: usize, scale: f32, dtype: DType) -> Result<Tensor> {
@@ -182,14 +167,6 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<(f64, i32)> {
 }
 
 const SIZES: [usize; 7] = [0, 1, 3, 1023, 1024, 1025, (1 << 20) + 7];
-
-fn dtypes(dev: &Device) -> Vec<DType> {
-    let mut d = vec![DType::F32, DType::F16, DType::F64];
-    if has_bf16(dev) {
-        d.push(DType::BF16);
-    }
-    d
-}
 
 fn configs() -> Vec<(&'static str, ParamsRAdam)> {
     vec![
