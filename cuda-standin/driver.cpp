@@ -71,12 +71,23 @@ std::set<CUstream> g_streams;
 std::set<CUevent> g_events;
 std::set<CUmodule> g_modules;
 std::set<CUfunction> g_functions;
-std::string g_detail;  // what the last stand-in-specific error was about
+// This thread's latest error and what it was about: every error the stand-in returns goes
+// through `fail` (with a detail) or `err` (without: the detail is cleared), so cuGetErrorString
+// adds a detail only to the error it belongs to, never a stale one from an earlier call.
+thread_local std::string g_detail;
+thread_local CUresult g_detail_code = CUDA_SUCCESS;
 
 CUcontext primary() { return reinterpret_cast<CUcontext>(&g_ctx_token); }
 
+CUresult err(CUresult code) {
+    g_detail.clear();
+    g_detail_code = code;
+    return code;
+}
+
 CUresult fail(CUresult code, const std::string& detail) {
     g_detail = detail;
+    g_detail_code = code;
     if (!getenv("CUDA_STANDIN_QUIET")) fprintf(stderr, "cuda stand-in: %s\n", detail.c_str());
     return code;
 }
@@ -89,7 +100,7 @@ double now_ms() {
 
 #define GUARD std::lock_guard<std::recursive_mutex> guard_(g_lock)
 #define NEED_INIT \
-    if (!g_init) return CUDA_ERROR_NOT_INITIALIZED
+    if (!g_init) return err(CUDA_ERROR_NOT_INITIALIZED)
 
 bool parse_cc(const char* s, int& major, int& minor) {
     int a = 0, b = 0;
@@ -227,18 +238,18 @@ CUresult copy_impl(void* dst, const void* src, size_t n, bool dst_dev, bool src_
 CUresult alloc_impl(CUdeviceptr* p, size_t n, bool async_zero_ok) {
     GUARD;
     NEED_INIT;
-    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    if (!p) return err(CUDA_ERROR_INVALID_VALUE);
     if (n == 0) {
         if (async_zero_ok) {
             *p = 0;
             return CUDA_SUCCESS;
         }
-        return CUDA_ERROR_INVALID_VALUE;
+        return err(CUDA_ERROR_INVALID_VALUE);
     }
     void* mem = nullptr;
     // 256-byte aligned like cudaMalloc; exactly n bytes, so AddressSanitizer's redzone starts at
     // the first byte past the allocation.
-    if (posix_memalign(&mem, 256, n)) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (posix_memalign(&mem, 256, n)) return err(CUDA_ERROR_OUT_OF_MEMORY);
     g_allocs[(uintptr_t)mem] = n;
     *p = (CUdeviceptr)mem;
     return CUDA_SUCCESS;
@@ -311,7 +322,7 @@ CUresult cuGetErrorString(CUresult e, const char** s) {
     }
     std::lock_guard<std::recursive_mutex> g(g_lock);
     msg = base;
-    if (e != CUDA_SUCCESS && !g_detail.empty()) msg += " (cuda stand-in, last error: " + g_detail + ")";
+    if (e != CUDA_SUCCESS && e == g_detail_code && !g_detail.empty()) msg += " (cuda stand-in, last error: " + g_detail + ")";
     *s = msg.c_str();
     return CUDA_SUCCESS;
 }
@@ -320,12 +331,12 @@ CUresult cuGetErrorString(CUresult e, const char** s) {
 
 CUresult cuInit(unsigned flags) {
     GUARD;
-    if (flags) return CUDA_ERROR_INVALID_VALUE;
+    if (flags) return err(CUDA_ERROR_INVALID_VALUE);
     if (g_init) return CUDA_SUCCESS;
     if (const char* cc = getenv("CUDA_STANDIN_CC")) {
         if (!parse_cc(cc, g_cfg.cc_major, g_cfg.cc_minor)) {
             fprintf(stderr, "cuda stand-in: CUDA_STANDIN_CC=%s is not a compute capability like 9.0 or 75\n", cc);
-            return CUDA_ERROR_INVALID_VALUE;
+            return err(CUDA_ERROR_INVALID_VALUE);
         }
     }
     if (const char* v = getenv("CUDA_STANDIN_DRIVER_VERSION")) g_cfg.driver_version = atoi(v);
@@ -337,7 +348,7 @@ CUresult cuInit(unsigned flags) {
 }
 
 CUresult cuDriverGetVersion(int* v) {
-    if (!v) return CUDA_ERROR_INVALID_VALUE;
+    if (!v) return err(CUDA_ERROR_INVALID_VALUE);
     const char* env = getenv("CUDA_STANDIN_DRIVER_VERSION");
     *v = g_init ? g_cfg.driver_version : env ? atoi(env) : 13000;
     return CUDA_SUCCESS;
@@ -345,39 +356,39 @@ CUresult cuDriverGetVersion(int* v) {
 
 CUresult cuDeviceGetCount(int* n) {
     NEED_INIT;
-    if (!n) return CUDA_ERROR_INVALID_VALUE;
+    if (!n) return err(CUDA_ERROR_INVALID_VALUE);
     *n = 1;
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
     NEED_INIT;
-    if (!d) return CUDA_ERROR_INVALID_VALUE;
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!d) return err(CUDA_ERROR_INVALID_VALUE);
+    if (ordinal != 0) return err(CUDA_ERROR_INVALID_DEVICE);
     *d = 0;
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
     NEED_INIT;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
-    if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
+    if (d != 0) return err(CUDA_ERROR_INVALID_DEVICE);
+    if (!name || len <= 0) return err(CUDA_ERROR_INVALID_VALUE);
     snprintf(name, (size_t)len, "candle-radam CPU stand-in (sm_%d%d)", g_cfg.cc_major, g_cfg.cc_minor);
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceTotalMem(size_t* bytes, CUdevice d) {
     NEED_INIT;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
-    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    if (d != 0) return err(CUDA_ERROR_INVALID_DEVICE);
+    if (!bytes) return err(CUDA_ERROR_INVALID_VALUE);
     *bytes = 16ull << 30;
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
     NEED_INIT;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
-    if (!v) return CUDA_ERROR_INVALID_VALUE;
+    if (d != 0) return err(CUDA_ERROR_INVALID_DEVICE);
+    if (!v) return err(CUDA_ERROR_INVALID_VALUE);
     switch (a) {
         case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = g_cfg.cc_major; break;
         case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = g_cfg.cc_minor; break;
@@ -406,8 +417,8 @@ CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
 CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
     GUARD;
     NEED_INIT;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
-    if (!c) return CUDA_ERROR_INVALID_VALUE;
+    if (d != 0) return err(CUDA_ERROR_INVALID_DEVICE);
+    if (!c) return err(CUDA_ERROR_INVALID_VALUE);
     g_primary_refs++;
     *c = primary();
     return CUDA_SUCCESS;
@@ -416,7 +427,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
 CUresult cuDevicePrimaryCtxRelease(CUdevice d) {
     GUARD;
     NEED_INIT;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (d != 0) return err(CUDA_ERROR_INVALID_DEVICE);
     if (g_primary_refs <= 0) return fail(CUDA_ERROR_INVALID_CONTEXT, "primary context released more often than retained");
     g_primary_refs--;
     return CUDA_SUCCESS;
@@ -424,22 +435,22 @@ CUresult cuDevicePrimaryCtxRelease(CUdevice d) {
 
 CUresult cuCtxSetCurrent(CUcontext c) {
     NEED_INIT;
-    if (c && c != primary()) return CUDA_ERROR_INVALID_CONTEXT;
+    if (c && c != primary()) return err(CUDA_ERROR_INVALID_CONTEXT);
     g_current = c;
     return CUDA_SUCCESS;
 }
 
 CUresult cuCtxGetCurrent(CUcontext* c) {
     NEED_INIT;
-    if (!c) return CUDA_ERROR_INVALID_VALUE;
+    if (!c) return err(CUDA_ERROR_INVALID_VALUE);
     *c = g_current;
     return CUDA_SUCCESS;
 }
 
 CUresult cuCtxGetDevice(CUdevice* d) {
     NEED_INIT;
-    if (!g_current) return CUDA_ERROR_INVALID_CONTEXT;
-    if (!d) return CUDA_ERROR_INVALID_VALUE;
+    if (!g_current) return err(CUDA_ERROR_INVALID_CONTEXT);
+    if (!d) return err(CUDA_ERROR_INVALID_VALUE);
     *d = 0;
     return CUDA_SUCCESS;
 }
@@ -474,7 +485,7 @@ CUresult cuMemGetInfo(size_t* free_b, size_t* total) {
 
 CUresult cuMemAllocHost(void** p, size_t n) {
     NEED_INIT;
-    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    if (!p) return err(CUDA_ERROR_INVALID_VALUE);
     *p = malloc(n ? n : 1);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
@@ -504,8 +515,8 @@ CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream s) { ret
 CUresult cuStreamCreate(CUstream* s, unsigned) {
     GUARD;
     NEED_INIT;
-    if (!g_current) return CUDA_ERROR_INVALID_CONTEXT;
-    if (!s) return CUDA_ERROR_INVALID_VALUE;
+    if (!g_current) return err(CUDA_ERROR_INVALID_CONTEXT);
+    if (!s) return err(CUDA_ERROR_INVALID_VALUE);
     *s = reinterpret_cast<CUstream>(new char);
     g_streams.insert(*s);
     return CUDA_SUCCESS;
@@ -538,8 +549,8 @@ CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned) {
 CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* st) {
     GUARD;
     NEED_INIT;
-    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
-    if (!st) return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_stream(s)) return err(CUDA_ERROR_INVALID_HANDLE);
+    if (!st) return err(CUDA_ERROR_INVALID_VALUE);
     *st = CU_STREAM_CAPTURE_STATUS_NONE;
     return CUDA_SUCCESS;
 }
@@ -547,8 +558,8 @@ CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* st) {
 CUresult cuEventCreate(CUevent* e, unsigned flags) {
     GUARD;
     NEED_INIT;
-    if (!g_current) return CUDA_ERROR_INVALID_CONTEXT;
-    if (!e) return CUDA_ERROR_INVALID_VALUE;
+    if (!g_current) return err(CUDA_ERROR_INVALID_CONTEXT);
+    if (!e) return err(CUDA_ERROR_INVALID_VALUE);
     *e = reinterpret_cast<CUevent>(new Event{flags});
     g_events.insert(*e);
     return CUDA_SUCCESS;
@@ -582,12 +593,12 @@ CUresult cuEventQuery(CUevent e) { return cuEventSynchronize(e); }
 CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
     GUARD;
     NEED_INIT;
-    if (!ms) return CUDA_ERROR_INVALID_VALUE;
-    if (!g_events.count(a) || !g_events.count(b)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!ms) return err(CUDA_ERROR_INVALID_VALUE);
+    if (!g_events.count(a) || !g_events.count(b)) return err(CUDA_ERROR_INVALID_HANDLE);
     Event* ea = reinterpret_cast<Event*>(a);
     Event* eb = reinterpret_cast<Event*>(b);
-    if ((ea->flags | eb->flags) & CU_EVENT_DISABLE_TIMING) return CUDA_ERROR_INVALID_HANDLE;
-    if (ea->recorded_ms < 0 || eb->recorded_ms < 0) return CUDA_ERROR_INVALID_HANDLE;
+    if ((ea->flags | eb->flags) & CU_EVENT_DISABLE_TIMING) return err(CUDA_ERROR_INVALID_HANDLE);
+    if (ea->recorded_ms < 0 || eb->recorded_ms < 0) return err(CUDA_ERROR_INVALID_HANDLE);
     *ms = (float)(eb->recorded_ms - ea->recorded_ms);
     return CUDA_SUCCESS;
 }
@@ -597,8 +608,8 @@ CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
 CUresult cuModuleLoadData(CUmodule* out, const void* image) {
     GUARD;
     NEED_INIT;
-    if (!g_current) return CUDA_ERROR_INVALID_CONTEXT;
-    if (!out || !image) return CUDA_ERROR_INVALID_VALUE;
+    if (!g_current) return err(CUDA_ERROR_INVALID_CONTEXT);
+    if (!out || !image) return err(CUDA_ERROR_INVALID_VALUE);
     auto m = std::make_unique<Module>();
     m->ptx = static_cast<const char*>(image);
     CUresult r = parse_ptx(m->ptx, *m);
@@ -633,11 +644,11 @@ CUresult cuModuleUnload(CUmodule m) {
 CUresult cuModuleGetFunction(CUfunction* out, CUmodule m, const char* name) {
     GUARD;
     NEED_INIT;
-    if (!out || !name) return CUDA_ERROR_INVALID_VALUE;
+    if (!out || !name) return err(CUDA_ERROR_INVALID_VALUE);
     if (!g_modules.count(m)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuModuleGetFunction: unknown module");
     Module* mod = reinterpret_cast<Module*>(m);
     auto it = mod->entries.find(name);
-    if (it == mod->entries.end()) return CUDA_ERROR_NOT_FOUND;  // as the driver: not in this PTX
+    if (it == mod->entries.end()) return err(CUDA_ERROR_NOT_FOUND);  // as the driver: not in this PTX
     const standin::HostKernel* host = standin::find_host_kernel(name);
     if (host && host->arg_sizes != it->second.arg_sizes)
         return fail(CUDA_ERROR_INVALID_IMAGE,
@@ -654,7 +665,7 @@ CUresult cuLaunchKernel(CUfunction fn, unsigned gx, unsigned gy, unsigned gz, un
                         unsigned bz, unsigned shared, CUstream s, void** params, void** extra) {
     GUARD;
     NEED_INIT;
-    if (!g_current) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!g_current) return err(CUDA_ERROR_INVALID_CONTEXT);
     if (!g_functions.count(fn)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuLaunchKernel: unknown function");
     if (!valid_stream(s)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuLaunchKernel: unknown or destroyed stream");
     Function* f = reinterpret_cast<Function*>(fn);

@@ -1,6 +1,7 @@
 //! Trains the same small MLP with RAdam on the CPU and on a CUDA GPU, from identical weights on
 //! identical data, and prints per step the loss on each device and how far the parameters have
-//! drifted apart. Exits non-zero when the drift passes `--tol`.
+//! drifted apart. Exits non-zero when the drift passes `--tol`, when the losses differ by more than
+//! `--loss-tol` (relative), or at the first NaN / inf in a loss or a parameter on either device.
 //!
 //! ```text
 //! cargo run --release --features cuda --example compare -- --steps 100 --dtype f32
@@ -42,6 +43,9 @@ struct Args {
     /// and would make a last-bit difference there look like a large relative error).
     #[arg(long, default_value_t = 1e-3)]
     tol: f64,
+    /// Largest accepted loss difference per step: |loss_cpu - loss_cuda| / |loss_cpu|.
+    #[arg(long, default_value_t = 1e-3)]
+    loss_tol: f64,
     /// Seed of the data and of the initial weights.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -173,34 +177,52 @@ mod cuda_main {
             "step", "loss_cpu", "loss_cuda", "max_abs", "max_rel"
         );
 
-        let mut worst = 0f64;
+        let (mut worst, mut worst_loss) = (0f64, 0f64);
         for step in 1..=a.steps {
             let l_cpu = m_cpu.loss(&x_cpu, &y_cpu)?;
             let l_gpu = m_gpu.loss(&x_gpu, &y_gpu)?;
             o_cpu.backward_step(&l_cpu)?;
             o_gpu.backward_step(&l_gpu)?;
-            let (mut max_abs, mut scale) = (0f64, 0f64);
+            let (lc, lg) = (l_cpu.to_scalar::<f32>()? as f64, l_gpu.to_scalar::<f32>()? as f64);
+            // On the host, element by element: a NaN never compares greater, so a maximum taken
+            // with `f64::max` (or a device reduction) would drop it and report no drift.
+            let (mut max_abs, mut scale, mut bad) = (0f64, 0f64, None);
             let (dc, dg) = (vm_cpu.data().lock().unwrap(), vm_gpu.data().lock().unwrap());
             for n in &names {
-                let c = dc[n].as_tensor().to_dtype(DType::F64)?;
-                let g = dg[n].as_tensor().to_device(&cpu)?.to_dtype(DType::F64)?;
-                max_abs = max_abs.max((&c - &g)?.abs()?.max_all()?.to_scalar::<f64>()?);
-                scale = scale.max(c.abs()?.max_all()?.to_scalar::<f64>()?);
+                let c = dc[n].as_tensor().flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                let g = dg[n].as_tensor().to_device(&cpu)?.flatten_all()?.to_dtype(DType::F64)?;
+                for (i, (c, g)) in c.iter().zip(g.to_vec1::<f64>()?).enumerate() {
+                    if !c.is_finite() || !g.is_finite() {
+                        bad.get_or_insert(format!("{n}[{i}]: cpu {c}, cuda {g}"));
+                        continue;
+                    }
+                    max_abs = max_abs.max((c - g).abs());
+                    scale = scale.max(c.abs());
+                }
             }
             let max_rel = max_abs / scale.max(1e-12);
+            let loss_rel = (lc - lg).abs() / lc.abs().max(1e-12);
             worst = worst.max(max_rel);
-            println!(
-                "{step:>5} {:>14.8} {:>14.8} {max_abs:>12.3e} {max_rel:>12.3e}",
-                l_cpu.to_scalar::<f32>()?,
-                l_gpu.to_scalar::<f32>()?
-            );
-            if !max_rel.is_finite() {
-                bail!("parameters are not finite at step {step}");
+            println!("{step:>5} {lc:>14.8} {lg:>14.8} {max_abs:>12.3e} {max_rel:>12.3e}");
+            if !lc.is_finite() || !lg.is_finite() {
+                bail!("loss not finite at step {step}: cpu {lc}, cuda {lg}");
             }
+            if let Some(b) = bad {
+                bail!("parameter not finite after step {step}: {b}");
+            }
+            worst_loss = worst_loss.max(loss_rel);
         }
-        println!("compare: worst relative drift {worst:.3e} (tolerance {:.1e})", a.tol);
-        if worst > a.tol {
-            eprintln!("compare: FAILED, drift {worst:.3e} > {:.1e}", a.tol);
+        println!(
+            "compare: worst relative drift {worst:.3e} (tolerance {:.1e}), worst relative loss \
+             difference {worst_loss:.3e} (tolerance {:.1e})",
+            a.tol, a.loss_tol
+        );
+        if worst > a.tol || worst_loss > a.loss_tol {
+            eprintln!(
+                "compare: FAILED, drift {worst:.3e} (> {:.1e}?) loss difference {worst_loss:.3e} \
+                 (> {:.1e}?)",
+                a.tol, a.loss_tol
+            );
             std::process::exit(1);
         }
         println!("compare: OK");

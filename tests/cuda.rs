@@ -1,7 +1,12 @@
 //! The CUDA test binary. With `--features cuda` it runs the GPU-vs-CPU tests of `cuda/gpu.rs`,
-//! `cuda/groups.rs` and `cuda/clip.rs` (each skips with a message when no device can be opened);
+//! `cuda/groups.rs` and `cuda/clip.rs` (each skips with a message when there is no device or driver,
+//! and fails on any other error opening one: `cuda/device.rs`);
 //! without the feature it holds one test that says how to run them, so `cargo test` never reports
 //! them as silently absent.
+
+#[cfg(feature = "cuda")]
+#[path = "cuda/device.rs"]
+mod device;
 
 #[cfg(feature = "cuda")]
 #[path = "cuda/gpu.rs"]

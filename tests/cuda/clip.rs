@@ -3,8 +3,8 @@
 //! kernels (per-block f64 partials added on the host), the multiplier `coef / scale` inside the
 //! update kernels, the scaler's skips and scale sequence, and the exactness properties
 //! (`max_grad_norm = inf`, power-of-two scales) on the device. Compiled only with
-//! `--features cuda`; every test prints that it was skipped and passes when no CUDA device can be
-//! opened.
+//! `--features cuda`; every test prints that it was skipped and passes when there is no CUDA device or
+//! driver (`cuda/device.rs`; any other error opening the device fails it).
 //!
 //! Tolerances: f32 1e-6 relative, f64 1e-12 relative, f16/bf16 1 ulp (the update kernels agree
 //! with the CPU bit for bit; the norms may differ in the last f64 bits, summation order).
@@ -16,25 +16,7 @@ use candle_radam::{LossScaler, ParamsRAdam, RAdam};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn open(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or("").to_string();
-            eprintln!("{test}: skipped, no CUDA device ({first})");
-            None
-        }
-    }
-}
-
-fn float_dtypes(dev: &Device) -> Vec<DType> {
-    let Device::Cuda(d) = dev else { unreachable!() };
-    let mut v = vec![DType::F32, DType::F16, DType::F64];
-    if candle_radam::cuda_supports(d, DType::BF16).is_ok() {
-        v.push(DType::BF16);
-    }
-    v
-}
+use crate::device::{dtypes, gpu};
 
 /// `a` and `b` within the tolerance of their dtype (see the module docs).
 fn close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -59,7 +41,7 @@ type Pair = (Vec<(String, Var)>, Vec<(String, Var)>);
 
 fn vars(dev: &Device, rng: &mut StdRng) -> Result<Pair> {
     let (mut cpu, mut gpu) = (Vec::new(), Vec::new());
-    for dt in float_dtypes(dev) {
+    for dt in dtypes(dev) {
         for (name, n) in [("w", 9000usize), ("b", 33), ("ln", 4097), ("e", 1)] {
             let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let t = Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dt)?;
@@ -113,7 +95,7 @@ fn params() -> ParamsRAdam {
 /// follows the CPU (params, gnorm, scale sequence, skip count, saved scale).
 #[test]
 fn clip_and_loss_scale_match_cpu() -> Result<()> {
-    let Some(dev) = open("clip_and_loss_scale_match_cpu") else {
+    let Some(dev) = gpu("clip_and_loss_scale_match_cpu") else {
         return Ok(());
     };
     let pair = vars(&dev, &mut StdRng::seed_from_u64(9))?;
@@ -168,7 +150,7 @@ fn clip_and_loss_scale_match_cpu() -> Result<()> {
 /// bit-identical to a plain one.
 #[test]
 fn exact_cases_bit_for_bit_on_gpu() -> Result<()> {
-    let Some(dev) = open("exact_cases_bit_for_bit_on_gpu") else {
+    let Some(dev) = gpu("exact_cases_bit_for_bit_on_gpu") else {
         return Ok(());
     };
     let mut rng = StdRng::seed_from_u64(10);

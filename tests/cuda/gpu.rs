@@ -5,7 +5,8 @@
 //! (`cuda-standin/`, what CI uses: the same launcher, cudarc and candle code, with the kernels of
 //! `kernels/radam.cu` compiled for the host and run over the real grid, under AddressSanitizer);
 //! and where no device can be opened (no GPU, no driver, or the stub driver of
-//! `scripts/cuda-toolchain.sh`) every test prints that it was skipped and passes.
+//! `scripts/cuda-toolchain.sh`) every test prints that it was skipped and passes; any other error
+//! opening the device fails the test (`cuda/device.rs`).
 //!
 //! Inputs are made on the CPU and copied to the device, and nothing here runs candle's own CUDA
 //! kernels (no device-side `to_dtype`, `randn` or arithmetic), so every test runs on the stand-in,
@@ -23,27 +24,11 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The CUDA device, or `None` (and a note on stderr) when there is none.
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or("").to_string();
-            eprintln!("{test}: skipped, no CUDA device ({first})");
-            None
-        }
-    }
-}
+use crate::device::{dtypes, gpu, has_bf16};
 
 fn compute_capability(dev: &Device) -> (i32, i32) {
     let Device::Cuda(d) = dev else { unreachable!() };
     d.cuda_stream().context().compute_capability().expect("compute capability")
-}
-
-/// Whether this build's kernels run bf16 on the GPU (sm_80+ and at least the build's arch).
-fn has_bf16(dev: &Device) -> bool {
-    let Device::Cuda(d) = dev else { unreachable!() };
-    candle_radam::cuda_supports(d, DType::BF16).is_ok()
 }
 
 fn random(rng: &mut StdRng, n: usize, scale: f32, dtype: DType) -> Result<Tensor> {
@@ -182,14 +167,6 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<(f64, i32)> {
 }
 
 const SIZES: [usize; 7] = [0, 1, 3, 1023, 1024, 1025, (1 << 20) + 7];
-
-fn dtypes(dev: &Device) -> Vec<DType> {
-    let mut d = vec![DType::F32, DType::F16, DType::F64];
-    if has_bf16(dev) {
-        d.push(DType::BF16);
-    }
-    d
-}
 
 fn configs() -> Vec<(&'static str, ParamsRAdam)> {
     vec![
@@ -348,14 +325,21 @@ fn non_finite_gradients_on_gpu() -> Result<()> {
     let Some(dev) = gpu("non_finite_gradients_on_gpu") else {
         return Ok(());
     };
-    for dt in dtypes(&dev) {
+    // Mixed dtypes, an empty variable and clean variables (of the bad one's dtype and of another)
+    // before the bad one: the kernel table's `item` word must map the flag back to the caller's
+    // index, not to the entry's index inside its dtype group (which here is 1, not 3).
+    let all = dtypes(&dev);
+    const BAD: usize = 3;
+    for (k, &dt) in all.iter().enumerate() {
+        let other = all[(k + 1) % all.len()];
+        let specs = [(0usize, dt), (33, other), (10, dt), (5000, dt), (7, dt), (3000, other)];
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             for policy in [NonFinite::Error, NonFinite::Skip, NonFinite::Propagate] {
                 let mut rng = StdRng::seed_from_u64(9);
                 let params = ParamsRAdam { non_finite: policy, ..Default::default() };
-                let vars: Vec<Var> = [10usize, 5000, 7]
+                let vars: Vec<Var> = specs
                     .iter()
-                    .map(|&n| Var::from_tensor(&random(&mut rng, n, 1.0, dt)?.to_device(&dev)?))
+                    .map(|&(n, d)| Var::from_tensor(&random(&mut rng, n, 1.0, d)?.to_device(&dev)?))
                     .collect::<Result<_>>()?;
                 let before: Vec<Tensor> =
                     vars.iter().map(|v| v.to_device(&Device::Cpu)).collect::<Result<_>>()?;
@@ -364,17 +348,17 @@ fn non_finite_gradients_on_gpu() -> Result<()> {
                 for (i, v) in vars.iter().enumerate() {
                     let mut g: Vec<f32> =
                         (0..v.elem_count()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                    if i == 1 {
-                        g[4097] = bad; // in the second chunk of the second tensor
+                    if i == BAD {
+                        g[4097] = bad; // in the second chunk of the fourth tensor
                     }
                     let g = Tensor::from_vec(g, v.elem_count(), &Device::Cpu)?
-                        .to_dtype(dt)?
+                        .to_dtype(v.dtype())?
                         .to_device(&dev)?;
                     grads.insert(v.as_tensor(), g);
                 }
                 let res = opt.step(&grads);
                 let unchanged = || -> Result<bool> {
-                    for (v, b) in vars.iter().zip(&before) {
+                    for (v, b) in vars.iter().zip(&before).filter(|(v, _)| v.elem_count() > 0) {
                         let a = v.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
                         let d =
                             (a - b.to_dtype(DType::F64)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
@@ -386,8 +370,15 @@ fn non_finite_gradients_on_gpu() -> Result<()> {
                 };
                 match policy {
                     NonFinite::Error => {
-                        let e = res.expect_err("a non-finite grad must be an error");
-                        assert!(e.to_string().contains("param.1"), "{e}");
+                        let e = res.expect_err("a non-finite grad must be an error").to_string();
+                        for i in 0..specs.len() {
+                            let named = e.contains(&format!("'param.{i}'"));
+                            assert_eq!(
+                                named,
+                                i == BAD,
+                                "{dt:?}+{other:?}: must name param.{BAD}: {e}"
+                            );
+                        }
                         assert!(unchanged()?, "{dt:?}: params changed on error");
                         assert_eq!(opt.step_count(), 0);
                     }
@@ -399,7 +390,7 @@ fn non_finite_gradients_on_gpu() -> Result<()> {
                     NonFinite::Propagate => {
                         res?;
                         assert_eq!(opt.step_count(), 1);
-                        let p = vars[1]
+                        let p = vars[BAD]
                             .to_device(&Device::Cpu)?
                             .to_dtype(DType::F32)?
                             .to_vec1::<f32>()?;

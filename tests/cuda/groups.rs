@@ -1,8 +1,8 @@
 //! GPU vs CPU with parameter groups and per-variable step counts (a module of `tests/cuda.rs`,
 //! same scheme as `cuda/gpu.rs`): one launch per dtype carries several scalar sets, one per
 //! distinct (group, t), each table entry pointing at its own. Compiled only with
-//! `--features cuda`; every test prints that it was skipped and passes when no CUDA device can be
-//! opened.
+//! `--features cuda`; every test prints that it was skipped and passes when there is no CUDA device or
+//! driver (`cuda/device.rs`; any other error opening the device fails it).
 //!
 //! Tolerances as in `cuda/gpu.rs`: f32 1e-6 relative, f64 1e-12 relative, f16/bf16 1 ulp (a
 //! correct build agrees bit for bit).
@@ -14,25 +14,7 @@ use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or("").to_string();
-            eprintln!("{test}: skipped, no CUDA device ({first})");
-            None
-        }
-    }
-}
-
-fn dtypes(dev: &Device) -> Vec<DType> {
-    let Device::Cuda(d) = dev else { unreachable!() };
-    let mut v = vec![DType::F32, DType::F16, DType::F64];
-    if candle_radam::cuda_supports(d, DType::BF16).is_ok() {
-        v.push(DType::BF16);
-    }
-    v
-}
+use crate::device::{dtypes, gpu};
 
 /// Every element of `a` and `b` (any float dtype) within the tolerance of its dtype.
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
