@@ -16,7 +16,7 @@ use candle_radam::{LossScaler, ParamsRAdam, RAdam};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::device::{dtypes, gpu};
+use crate::device::{gpu, twin_vars, Twins};
 
 /// `a` and `b` within the tolerance of their dtype (see the module docs).
 fn close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -37,20 +37,10 @@ fn close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// The same named variables (every dtype, sizes around the 4096-element block) on CPU and GPU.
-type Pair = (Vec<(String, Var)>, Vec<(String, Var)>);
+type Pair = Twins;
 
 fn vars(dev: &Device, rng: &mut StdRng) -> Result<Pair> {
-    let (mut cpu, mut gpu) = (Vec::new(), Vec::new());
-    for dt in dtypes(dev) {
-        for (name, n) in [("w", 9000usize), ("b", 33), ("ln", 4097), ("e", 1)] {
-            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let t = Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dt)?;
-            let name = format!("{dt:?}.{name}");
-            cpu.push((name.clone(), Var::from_tensor(&t)?));
-            gpu.push((name, Var::from_tensor(&t.to_device(dev)?)?));
-        }
-    }
-    Ok((cpu, gpu))
+    twin_vars(dev, rng, &[("w", 9000), ("b", 33), ("ln", 4097), ("e", 1)])
 }
 
 /// Step `t`'s gradients for both copies, multiplied by `mult` (a power of two times a step

@@ -8,7 +8,9 @@
 //! a cuBLAS or cuRAND initialisation failure...) is a broken setup, not an absent one: the test
 //! fails with it.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::Rng;
 
 /// The driver errors that mean "there is no CUDA device here" (see the module docs).
 const NO_DEVICE: [&str; 3] =
@@ -45,4 +47,24 @@ pub fn dtypes(dev: &Device) -> Vec<DType> {
         d.push(DType::BF16);
     }
     d
+}
+
+/// The same named variables on the CPU and on the GPU: `(cpu, gpu)`.
+pub type Twins = (Vec<(String, Var)>, Vec<(String, Var)>);
+
+/// For every dtype of [`dtypes`] and every `(name, n)` of `shapes`, a variable of `n` uniform
+/// values in [-1, 1) named `<dtype>.<name>`, built on the CPU and copied to `dev` (no candle
+/// kernel runs on the device).
+pub fn twin_vars(dev: &Device, rng: &mut StdRng, shapes: &[(&str, usize)]) -> Result<Twins> {
+    let (mut cpu, mut gpu) = (Vec::new(), Vec::new());
+    for dt in dtypes(dev) {
+        for &(name, n) in shapes {
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let t = Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dt)?;
+            let name = format!("{dt:?}.{name}");
+            cpu.push((name.clone(), Var::from_tensor(&t)?));
+            gpu.push((name, Var::from_tensor(&t.to_device(dev)?)?));
+        }
+    }
+    Ok((cpu, gpu))
 }

@@ -8,13 +8,13 @@
 //! correct build agrees bit for bit).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::device::{dtypes, gpu};
+use crate::device::{gpu, twin_vars, Twins};
 
 /// Every element of `a` and `b` (any float dtype) within the tolerance of its dtype.
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -41,19 +41,8 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 /// Named variables of mixed dtypes and sizes (some larger than a block), the same values on
 /// both devices.
-fn vars(dev: &Device, rng: &mut StdRng) -> Result<(Vec<(String, Var)>, Vec<(String, Var)>)> {
-    let mut cpu = Vec::new();
-    let mut gpu = Vec::new();
-    for dt in dtypes(dev) {
-        for (name, n) in [("w", 5000usize), ("bias", 33), ("norm", 4097), ("emb", 1)] {
-            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let t = Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dt)?;
-            let name = format!("{dt:?}.{name}");
-            cpu.push((name.clone(), Var::from_tensor(&t)?));
-            gpu.push((name, Var::from_tensor(&t.to_device(dev)?)?));
-        }
-    }
-    Ok((cpu, gpu))
+fn vars(dev: &Device, rng: &mut StdRng) -> Result<Twins> {
+    twin_vars(dev, rng, &[("w", 5000), ("bias", 33), ("norm", 4097), ("emb", 1)])
 }
 
 fn groups() -> Result<Vec<ParamGroup>> {
