@@ -6,7 +6,7 @@ mod common;
 use candle_core::{backprop::GradStore, DType, Device, Module, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use candle_radam::{NonFinite, ParamsRAdam, RAdam};
-use common::hash_tensor;
+use common::{bits, hash_tensor};
 
 const DEV: Device = Device::Cpu;
 
@@ -27,22 +27,6 @@ fn grads_for(vars: &[Var], t: u64) -> GradStore {
         g.insert(v, grad(v, 100 + i as u64, t));
     }
     g
-}
-
-/// Bit patterns of a tensor (any float dtype), to assert "nothing changed" exactly.
-fn bits(t: &Tensor) -> Vec<u64> {
-    let t = t.flatten_all().unwrap();
-    match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
-        DType::F64 => t.to_vec1::<f64>().unwrap().iter().map(|x| x.to_bits()).collect(),
-        DType::F16 => {
-            t.to_vec1::<half::f16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
-        }
-        DType::BF16 => {
-            t.to_vec1::<half::bf16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
-        }
-        d => panic!("{d:?}"),
-    }
 }
 
 /// Everything observable about an optimizer and its vars: params, saved state, counters.

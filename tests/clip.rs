@@ -11,7 +11,7 @@ mod common;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{LossScaler, NonFinite, ParamGroup, ParamsRAdam, RAdam};
-use common::{hash_tensor, max_ulps, worst};
+use common::{bits, dtype, hash_tensor, max_ulps, worst};
 use serde::Deserialize;
 
 const DEV: Device = Device::Cpu;
@@ -55,16 +55,6 @@ struct Case {
 #[derive(Deserialize)]
 struct Cases {
     cases: Vec<Case>,
-}
-
-fn dtype(s: &str) -> DType {
-    match s {
-        "f32" => DType::F32,
-        "f64" => DType::F64,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => panic!("unknown dtype {other}"),
-    }
 }
 
 fn cases() -> Vec<Case> {
@@ -238,22 +228,6 @@ fn grads(vars: &[(String, Var)], t: u64, mult: f64) -> GradStore {
         g.insert(v, x.affine(mult, 0.0).unwrap()); // mult: a power of two, exact in every dtype
     }
     g
-}
-
-fn bits(t: &Tensor) -> Vec<u64> {
-    let t = t.flatten_all().unwrap();
-    match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
-        DType::F64 => t.to_vec1::<f64>().unwrap().iter().map(|x| x.to_bits()).collect(),
-        _ => t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits() as u64)
-            .collect(),
-    }
 }
 
 fn optimizer(vars: &[(String, Var)]) -> RAdam {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
-use common::{hash_tensor, max_ulps, worst};
+use common::{dtype, hash_tensor, max_ulps, worst};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -79,16 +79,6 @@ struct MultiGroup {
     beta2: Option<f64>,
     eps: Option<f64>,
     weight_decay: Option<f64>,
-}
-
-fn dtype(s: &str) -> DType {
-    match s {
-        "f32" => DType::F32,
-        "f64" => DType::F64,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => panic!("unknown dtype {other}"),
-    }
 }
 
 fn load_all() -> (Cases, HashMap<String, Tensor>) {

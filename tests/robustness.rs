@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
-use common::hash_tensor;
+use common::{bits, hash_tensor};
 use proptest::prelude::*;
 
 const DEV: Device = Device::Cpu;
@@ -59,22 +59,6 @@ fn grad_for(v: &Var, seed: u64, t: u64) -> Tensor {
         .unwrap()
 }
 
-fn tensor_bits(t: &Tensor) -> Vec<u64> {
-    let t = t.flatten_all().unwrap();
-    match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
-        DType::F64 => t.to_vec1::<f64>().unwrap().iter().map(|x| x.to_bits()).collect(),
-        DType::F16 => {
-            t.to_vec1::<half::f16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
-        }
-        DType::BF16 => {
-            t.to_vec1::<half::bf16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
-        }
-        DType::I64 => t.to_vec1::<i64>().unwrap().iter().map(|x| *x as u64).collect(),
-        d => panic!("{d:?}"),
-    }
-}
-
 /// Params, every saved tensor (moments, records, groups, counters) and the step counts.
 type Snapshot = (Vec<Vec<u64>>, Vec<(String, Vec<u64>)>, u64, u64, Vec<Option<u64>>);
 
@@ -84,11 +68,11 @@ fn snapshot(opt: &RAdam, vars: &[Var]) -> Snapshot {
     opt.save_state(&path).unwrap();
     let state = candle_core::safetensors::load(&path, &DEV).unwrap();
     let mut saved: Vec<(String, Vec<u64>)> =
-        state.iter().map(|(k, t)| (k.clone(), tensor_bits(t))).collect();
+        state.iter().map(|(k, t)| (k.clone(), bits(t))).collect();
     saved.sort();
     let names: Vec<String> = opt.vars().map(|(n, _)| n.to_string()).collect();
     (
-        vars.iter().map(|v| tensor_bits(v.as_tensor())).collect(),
+        vars.iter().map(|v| bits(v.as_tensor())).collect(),
         saved,
         opt.step_count(),
         opt.skipped_steps(),
@@ -264,14 +248,14 @@ fn g() -> impl Strategy<Value = G> {
 /// and with them the fingerprints a positional load matches, stay those of the file).
 fn own_state(vars: &[Var], positional: bool) -> RAdam {
     let mut opt = optimizer(vars, positional);
-    let values: Vec<Vec<u64>> = vars.iter().map(|v| tensor_bits(v.as_tensor())).collect();
+    let values: Vec<Vec<u64>> = vars.iter().map(|v| bits(v.as_tensor())).collect();
     opt.try_set_learning_rate(0.0).unwrap();
     let mut g0 = GradStore::default();
     g0.insert(&vars[1], grad_for(&vars[1], 99, 1));
     opt.step(&g0).unwrap();
     opt.step(&g0).unwrap();
     opt.try_set_learning_rate(params().lr).unwrap();
-    assert!(vars.iter().map(|v| tensor_bits(v.as_tensor())).eq(values), "lr 0 moved a value");
+    assert!(vars.iter().map(|v| bits(v.as_tensor())).eq(values), "lr 0 moved a value");
     opt
 }
 
@@ -420,7 +404,7 @@ proptest! {
                 let any = good.iter().any(Option::is_some);
                 prop_assert_eq!(after.2, before.2 + any as u64);
                 for i in 0..4 {
-                    prop_assert!(tensor_bits(vars[i].as_tensor()) == tensor_bits(shadow_vars[i].as_tensor()), "var {}", i);
+                    prop_assert!(bits(vars[i].as_tensor()) == bits(shadow_vars[i].as_tensor()), "var {}", i);
                     prop_assert_eq!(after.4[i], shadows[i].var_step_count("param.0"));
                 }
             } else {

@@ -76,3 +76,32 @@ pub fn max_ulps(a: &Tensor, b: &Tensor) -> Result<u32> {
     assert_eq!(a.len(), b.len());
     Ok(a.iter().zip(&b).map(|(&x, &y)| (ordered(x) - ordered(y)).unsigned_abs()).max().unwrap_or(0))
 }
+
+/// Bit patterns of a tensor (f32, f64, f16, bf16 or i64), to assert "nothing changed" or
+/// "bit-identical" exactly.
+pub fn bits(t: &Tensor) -> Vec<u64> {
+    let t = t.flatten_all().unwrap();
+    match t.dtype() {
+        DType::F32 => t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
+        DType::F64 => t.to_vec1::<f64>().unwrap().iter().map(|x| x.to_bits()).collect(),
+        DType::F16 => {
+            t.to_vec1::<half::f16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
+        }
+        DType::BF16 => {
+            t.to_vec1::<half::bf16>().unwrap().iter().map(|x| x.to_bits() as u64).collect()
+        }
+        DType::I64 => t.to_vec1::<i64>().unwrap().iter().map(|x| *x as u64).collect(),
+        d => panic!("{d:?}"),
+    }
+}
+
+/// The dtype named as in the golden JSON files (`f32`, `f64`, `f16`, `bf16`).
+pub fn dtype(s: &str) -> DType {
+    match s {
+        "f32" => DType::F32,
+        "f64" => DType::F64,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => panic!("unknown dtype {other}"),
+    }
+}
