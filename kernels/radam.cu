@@ -35,7 +35,7 @@
 // Threads per block. build.rs reads both #defines for src/cuda.rs's launch geometry.
 #define RADAM_THREADS 256
 
-// One tensor of the table. Must match `Entry` in src/cuda.rs (8 x u64 = 64 bytes).
+// One tensor of the table. Must match `build_table` in src/cuda.rs (12 x u64 = 96 bytes).
 struct Entry {
     uint64_t p;            // param device pointer (start offset applied)
     uint64_t g;            // grad device pointer (start offset applied)
@@ -46,8 +46,12 @@ struct Entry {
     uint32_t flags;        // bit 0: p, g, m, v all 16-byte aligned; bit 1: g 16-byte aligned
     uint32_t set;          // index of the tensor's scalar set (update kernels; 0 for the check)
     uint64_t item;         // index of the tensor in the caller's list (non-finite flags)
+    uint64_t aux;          // low-precision param update buffer (u16 per element), 0 when none
+    uint64_t key;          // the variable's stochastic-rounding stream key, 0 when unused
+    uint64_t m_absmax;     // 8-bit state: f32 absmax per quantization block of m (m: u8 codes), else 0
+    uint64_t v_absmax;     // 8-bit state: f32 absmax per quantization block of v (v: u8 codes), else 0
 };
-static_assert(sizeof(Entry) == 64, "Entry must stay 8 x u64 (ENTRY_WORDS in src/cuda.rs)");
+static_assert(sizeof(Entry) == 96, "Entry must stay 12 x u64 (ENTRY_WORDS in src/cuda.rs)");
 static_assert(offsetof(Entry, flags) == 48 && offsetof(Entry, set) == 52,
               "word 6 of an entry is flags (low half) | set (high half), as src/cuda.rs writes it");
 

@@ -42,7 +42,7 @@ const PTX_HI: &str = include_str!(concat!(env!("OUT_DIR"), "/radam_sm80.ptx"));
 // written by build.rs.
 include!(concat!(env!("OUT_DIR"), "/kernel_info.rs"));
 /// u64 words per table entry (`struct Entry` in the kernel).
-const ENTRY_WORDS: usize = 8;
+const ENTRY_WORDS: usize = 12;
 
 fn w<T, E: std::fmt::Display + Send + Sync + 'static>(r: std::result::Result<T, E>) -> Result<T> {
     r.map_err(candle_core::Error::wrap)
@@ -286,7 +286,7 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
             // Word 6: `uint32_t flags` (low half) then `uint32_t set` (high half).
             let flags_set = flags | (p.set as u64) << 32;
             let entry: [u64; ENTRY_WORDS] =
-                [p.p, p.g, p.m, p.v, p.n, first_block, flags_set, *item as u64];
+                [p.p, p.g, p.m, p.v, p.n, first_block, flags_set, *item as u64, 0, 0, 0, 0];
             words.extend_from_slice(&entry);
             let blocks = p.n.div_ceil(CHUNK);
             if map.len() as u64 + blocks > i32::MAX as u64 {

@@ -116,8 +116,8 @@ static std::vector<uint64_t> build_table(std::vector<Tensor<P, M>>& ts, uint32_t
         uint64_t pp = (uint64_t)t.p(), gp = (uint64_t)t.g(), mp = (uint64_t)t.m.data(), vp = (uint64_t)t.v.data();
         uint64_t aligned = ((pp | gp | mp | vp) % 16) == 0;
         uint64_t flags = aligned | ((uint64_t)(gp % 16 == 0) << 1) | ((uint64_t)set_of(i) << 32);
-        uint64_t entry[8] = {pp, gp, mp, vp, t.n, (uint64_t)map.size(), flags, (uint64_t)i};
-        words.insert(words.end(), entry, entry + 8);
+        uint64_t entry[12] = {pp, gp, mp, vp, t.n, (uint64_t)map.size(), flags, (uint64_t)i, 0, 0, 0, 0};
+        words.insert(words.end(), entry, entry + 12);
         for (uint64_t b = 0; b < (t.n + RADAM_CHUNK - 1) / RADAM_CHUNK; b++) map.push_back(e);
         e++;
     }
