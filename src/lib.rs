@@ -137,12 +137,14 @@
 
 pub mod clip;
 mod cpu;
+mod cpu8;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod groups;
 mod moments;
 mod optimizer;
 mod params;
+pub mod quant;
 pub mod rule;
 mod scaler;
 pub mod schedule;
@@ -152,6 +154,7 @@ pub use groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
+pub use quant::StateFormat;
 pub use rule::{StepScalars, Update};
 pub use scaler::LossScaler;
 pub use state::LoadReport;
