@@ -56,13 +56,15 @@
 /// # fn main() -> candle_core::Result<()> {
 /// # let varmap = VarMap::new();
 /// # let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-/// # let _emb = candle_nn::embedding(1000, 64, vb.pp("embed"))?;
-/// # let _fc = candle_nn::linear(64, 64, vb.pp("fc"))?;
+/// # let _emb = candle_nn::embedding(100, 64, vb.pp("embed"))?;
+/// # let _fc = candle_nn::linear(256, 256, vb.pp("fc"))?;
 /// // 8-bit state everywhere except the embeddings (bitsandbytes' "stable embedding" advice).
 /// let opt = RAdam::from_varmap(&varmap, ParamsRAdam::default())?
 ///     .with_state_format(StateFormat::blockwise8())?
 ///     .with_groups(vec![ParamGroup::glob("embeddings", &["embed*"])?.state_format(StateFormat::Full)])?;
-/// assert!(opt.state_bytes_per_param() < 4.0);
+/// assert_eq!(opt.var_state("embed.weight"), Some((8 * 6400, false))); // 32-bit moments
+/// assert_eq!(opt.var_state("fc.weight"), Some((2 * 65536 + 8 * 256, true))); // codes + absmax
+/// assert!(opt.state_bytes_per_param() < 2.6); // the 256-element bias stays 32-bit too
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
