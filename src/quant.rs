@@ -180,28 +180,129 @@ pub fn nearest_code(map: &[f32; 256], y: f32) -> u8 {
 }
 
 /// The absmax of one block: the largest `|x|`, NaN if any element is NaN, 0 for an empty block.
+/// (Written as a max plus a NaN flag so that it vectorizes.)
 #[inline(always)]
 pub fn absmax(x: &[f32]) -> f32 {
     let mut a = 0f32;
+    let mut nan = false;
     for &e in x {
         let e = e.abs();
-        // `e > a` misses a NaN `e`, and once `a` is NaN nothing replaces it.
-        if e > a || (e.is_nan() && !a.is_nan()) {
-            a = e;
+        a = if e > a { e } else { a };
+        nan |= e.is_nan();
+    }
+    if nan {
+        f32::NAN
+    } else {
+        a
+    }
+}
+
+/// Quantizes one block in place of `codes` and returns its absmax (module docs). The codes are
+/// [`nearest_code`]'s, found through `index` ([`CodeIndex`] of the same map).
+#[inline(always)]
+pub fn quantize_block(map: &'static [f32; 256], x: &[f32], codes: &mut [u8]) -> f32 {
+    quantize_block_with(map, CodeIndex::of(map), x, codes)
+}
+
+#[inline(always)]
+fn quantize_block_with(map: &[f32; 256], index: &CodeIndex, x: &[f32], codes: &mut [u8]) -> f32 {
+    let a = absmax(x);
+    let mut y = [0f32; BLOCK];
+    let n = x.len().min(BLOCK);
+    if a != 0.0 {
+        for (y, &e) in y.iter_mut().zip(&x[..n]) {
+            *y = e / a; // vectorized: the division is exact IEEE at any width
         }
+    }
+    for (c, &y) in codes.iter_mut().zip(&y[..n]) {
+        *c = index.code(map, y);
+    }
+    for (c, &e) in codes.iter_mut().zip(x).skip(BLOCK) {
+        *c = index.code(map, if a == 0.0 { 0.0 } else { e / a });
     }
     a
 }
 
-/// Quantizes one block in place of `codes` and returns its absmax (module docs).
-#[inline(always)]
-pub fn quantize_block(map: &[f32; 256], x: &[f32], codes: &mut [u8]) -> f32 {
-    let a = absmax(x);
-    for (c, &e) in codes.iter_mut().zip(x) {
-        let y = if a == 0.0 { 0.0 } else { e / a };
-        *c = nearest_code(map, y);
+/// A lookup table that finds [`nearest_code`]'s answer without the binary search: indexed by the
+/// sign, the binade and the top 5 mantissa bits of `y`, it gives the largest code whose map value
+/// is `<=` every value of that bucket; a short upward scan (at most 3 steps for these maps) then
+/// reaches the binary search's `lo`, and the same nearer-neighbour rule picks the code. So the
+/// result is exactly [`nearest_code`]'s (tested on every bucket boundary and on random values).
+pub struct CodeIndex {
+    start: [[u8; 32]; 2 * BUCKETS],
+}
+
+/// Steps of the upward scan after the table lookup (the most map values inside one bucket above
+/// its start value, for these maps: 3).
+const SCAN: usize = 3;
+/// Binades of the index: one for `|y| < 2^-24`, 24 for `2^-24 <= |y| < 1`, one for `|y| >= 1`.
+const BUCKETS: usize = 26;
+/// Biased exponent of the first indexed binade (`2^-24`).
+const E_MIN: u32 = 127 - 24;
+
+impl CodeIndex {
+    fn new(map: &[f32; 256]) -> Self {
+        // Largest code with map value <= v (0 when none).
+        let floor = |v: f64| map.iter().rposition(|&m| m as f64 <= v).unwrap_or(0) as u8;
+        let mut start = [[0u8; 32]; 2 * BUCKETS];
+        for b in 0..BUCKETS {
+            for m5 in 0..32 {
+                let (lo, hi) = match b {
+                    0 => (0.0, 2f64.powi(-24)),
+                    25 => (1.0, f64::INFINITY),
+                    _ => {
+                        let base = 2f64.powi(b as i32 - 25);
+                        (base * (1.0 + m5 as f64 / 32.0), base * (1.0 + (m5 + 1) as f64 / 32.0))
+                    }
+                };
+                start[b][m5] = floor(lo); // y in [lo, hi)
+                start[BUCKETS + b][m5] = floor(-hi); // y in (-hi, -lo]
+                                                     // The scan passes every map value in (start value, end of bucket): SCAN bounds it.
+                for (from, to) in [(start[b][m5], hi), (start[BUCKETS + b][m5], -lo)] {
+                    let inside = map[from as usize + 1..]
+                        .iter()
+                        .take_while(|&&m| (m as f64) < to || (to == -lo && m as f64 <= to))
+                        .count();
+                    assert!(inside <= SCAN, "CodeIndex: {inside} map values in one bucket");
+                }
+            }
+        }
+        Self { start }
     }
-    a
+
+    /// The index of [`signed_map`] or [`unsigned_map`] (built once).
+    pub fn of(map: &'static [f32; 256]) -> &'static Self {
+        static S: std::sync::OnceLock<CodeIndex> = std::sync::OnceLock::new();
+        static U: std::sync::OnceLock<CodeIndex> = std::sync::OnceLock::new();
+        if std::ptr::eq(map, signed_map()) {
+            S.get_or_init(|| Self::new(map))
+        } else {
+            assert!(std::ptr::eq(map, unsigned_map()), "CodeIndex: not one of the two maps");
+            U.get_or_init(|| Self::new(map))
+        }
+    }
+
+    /// [`nearest_code`]`(map, y)` for the map this index was built for.
+    #[inline(always)]
+    pub fn code(&self, map: &[f32; 256], y: f32) -> u8 {
+        if y.is_nan() {
+            return 0;
+        }
+        let bits = y.to_bits();
+        let e = (bits >> 23) & 0xff;
+        let b = if e < E_MIN { 0 } else { (e - E_MIN + 1).min(BUCKETS as u32 - 1) } as usize;
+        let sign = (bits >> 31) as usize;
+        let m5 = ((bits >> 18) & 31) as usize;
+        let mut lo = self.start[sign * BUCKETS + b][m5] as usize;
+        // At most SCAN map values lie above a bucket's start and below its end (checked when
+        // the index is built): a fixed, branch-free scan.
+        for _ in 0..SCAN {
+            lo += (lo < 255 && map[(lo + 1).min(255)] <= y) as usize;
+        }
+        let hi = (lo + 1).min(255);
+        let up = hi != lo && map[hi] - y < y - map[lo];
+        (lo + up as usize) as u8
+    }
 }
 
 /// Dequantizes one block: `out[i] = map[codes[i]] * absmax`.
@@ -219,7 +320,7 @@ pub fn blocks(n: usize) -> usize {
 
 /// Quantizes a whole tensor: codes (`x.len()`) and one absmax per [`BLOCK`] (the last block may be
 /// partial).
-pub fn quantize(map: &[f32; 256], x: &[f32]) -> (Vec<u8>, Vec<f32>) {
+pub fn quantize(map: &'static [f32; 256], x: &[f32]) -> (Vec<u8>, Vec<f32>) {
     let mut codes = vec![0u8; x.len()];
     let absmax = x
         .chunks(BLOCK)
@@ -272,6 +373,54 @@ mod tests {
         }
         assert_eq!(nearest_code(signed_map(), -1.0), 0);
         assert_eq!(nearest_code(unsigned_map(), -1.0), 0);
+    }
+
+    /// The lookup table gives the binary search's code everywhere: on every bucket boundary
+    /// (and its neighbours), on every map value and midpoint, and on random bit patterns.
+    #[test]
+    fn code_index_agrees_with_binary_search() {
+        for map in [signed_map(), unsigned_map()] {
+            let index = CodeIndex::of(map);
+            let mut ys: Vec<f32> = vec![0.0, -0.0, 1.0, -1.0, 2.0, f32::INFINITY, -f32::INFINITY];
+            for e in 90..=128u32 {
+                for m5 in 0..32u32 {
+                    let b = e << 23 | m5 << 18;
+                    for d in [0u32, 1, (1 << 18) - 1] {
+                        ys.push(f32::from_bits(b + d));
+                        ys.push(-f32::from_bits(b + d));
+                    }
+                    ys.push(f32::from_bits(b.wrapping_sub(1)));
+                    ys.push(-f32::from_bits(b.wrapping_sub(1)));
+                }
+            }
+            for w in map.windows(2) {
+                let mid = (w[0] + w[1]) / 2.0;
+                for y in [
+                    w[0],
+                    mid,
+                    f32::from_bits(mid.to_bits() + 1),
+                    f32::from_bits(mid.to_bits() - 1),
+                ] {
+                    ys.push(y);
+                }
+            }
+            let mut h = 0x9E37_79B9u32;
+            for _ in 0..2_000_000 {
+                h ^= h << 13;
+                h ^= h >> 17;
+                h ^= h << 5;
+                let y = f32::from_bits(h & 0xBFFF_FFFF); // |y| < 2: exponent <= 127
+                ys.push(y);
+            }
+            for y in ys {
+                assert_eq!(
+                    index.code(map, y),
+                    nearest_code(map, y),
+                    "y = {y:e} ({:#x})",
+                    y.to_bits()
+                );
+            }
+        }
     }
 
     #[test]
