@@ -42,6 +42,44 @@
 //!   to the lower code**. [`nearest_code`].
 //! - dequantized value = `map[code] * absmax` (one f32 product).
 //!
+//! ## The fused step
+//!
+//! Per block, in one pass over p, g and the codes (CPU: `src/cpu8.rs`; CUDA: `radam8_mt_*`, one
+//! quantization block per loop iteration of a CUDA block, thread `i` on element `i`):
+//! dequantize `m` and `v`, run the unchanged f32 rule ([`crate::rule`]: every step-dependent
+//! scalar still comes from the host), take the new absmax of the block's **new** `m` and `v`,
+//! requantize, store the param (f32, or rounded to f16 / bf16). The CPU and CUDA passes agree bit
+//! for bit (same f32 operations in the same order), and `tests/golden/gen_quant8.py` (numpy)
+//! reproduces one step bit for bit.
+//!
+//! ## Memory
+//!
+//! Per element: one code for `m` and one for `v` (2 bytes), plus two f32 absmax per block of 256
+//! (8 / 256 bytes): **2.03125 bytes per parameter** for tensors of whole blocks, against 8 for f32
+//! moments (16 for f64) — 75% less. Tensors below `min_elements` (default
+//! [`MIN_8BIT_ELEMENTS`] = 4096, bitsandbytes' `min_8bit_size`) keep 32-bit moments: biases and
+//! norms cost little and are sensitive. [`crate::RAdam::state_bytes`] and
+//! [`crate::RAdam::state_bytes_per_param`] count what is allocated. A step moves about 16 bytes
+//! per f32 parameter (p read and written, g read: 12; codes read and written: 4; the absmax)
+//! against 28 with f32 state.
+//!
+//! ## When not to use it
+//!
+//! - When the optimizer state is not what limits memory (small models): 8-bit state trades step
+//!   time for memory. On the CPU the scalar code search makes the step several times slower
+//!   than the f32-state step (see the README's measurements); on a GPU the step stays memory
+//!   bound.
+//! - For embeddings of rare tokens (bitsandbytes' "stable embedding" advice): rows updated
+//!   rarely with large gradients share a block scale with the rest; keep them in 32 bits with a
+//!   group, `ParamGroup::glob("embeddings", &["*embed*"])?.state_format(StateFormat::Full)`.
+//! - When gradient magnitudes inside a block of 256 consecutive elements span more than about
+//!   3.5 decades: `v` is quantized relative to the block's largest `v`, and values below
+//!   `3.25e-7` of it become 0 (the unsigned map's smallest step), so such an element's update is
+//!   `m / eps`-sized until its `v` grows (the same limit as bitsandbytes' 8-bit Adam). Keep such
+//!   tensors full.
+//! - For f64 parameters (refused) and when results must reproduce an f32-state run bit for bit
+//!   (8-bit state tracks it closely, not exactly: `tests/quant8.rs` bounds the drift).
+//!
 //! So a block's largest magnitude is stored exactly (code of `±1`, up to `-0.99297` for a
 //! negative `m`: the signed map has no `-1`, as in bitsandbytes), zero stays exactly zero, and
 //! every other element's error is at most half the gap between the two map values around it,
