@@ -284,26 +284,28 @@ impl CodeIndex {
         let floor = |v: f64| map.iter().rposition(|&m| m as f64 <= v).unwrap_or(0) as u8;
         let mut start = [[0u8; 32]; 2 * BUCKETS];
         for b in 0..BUCKETS {
-            for m5 in 0..32 {
-                let (lo, hi) = match b {
-                    0 => (0.0, 2f64.powi(-24)),
-                    25 => (1.0, f64::INFINITY),
-                    _ => {
-                        let base = 2f64.powi(b as i32 - 25);
-                        (base * (1.0 + m5 as f64 / 32.0), base * (1.0 + (m5 + 1) as f64 / 32.0))
-                    }
-                };
-                start[b][m5] = floor(lo); // y in [lo, hi)
-                start[BUCKETS + b][m5] = floor(-hi); // y in (-hi, -lo]
-                                                     // The scan passes every map value in (start value, end of bucket): SCAN bounds it.
-                for (from, to) in [(start[b][m5], hi), (start[BUCKETS + b][m5], -lo)] {
-                    let inside = map[from as usize + 1..]
-                        .iter()
-                        .take_while(|&&m| (m as f64) < to || (to == -lo && m as f64 <= to))
-                        .count();
-                    assert!(inside <= SCAN, "CodeIndex: {inside} map values in one bucket");
+            let bucket = |m5: usize| match b {
+                0 => (0.0, 2f64.powi(-24)),
+                25 => (1.0, f64::INFINITY),
+                _ => {
+                    let base = 2f64.powi(b as i32 - 25);
+                    (base * (1.0 + m5 as f64 / 32.0), base * (1.0 + (m5 + 1) as f64 / 32.0))
                 }
+            };
+            // y in [lo, hi): start at floor(lo); y in (-hi, -lo]: at floor(-hi).
+            let pos: [u8; 32] = std::array::from_fn(|m5| floor(bucket(m5).0));
+            let neg: [u8; 32] = std::array::from_fn(|m5| floor(-bucket(m5).1));
+            // The scan passes every map value in (start value, end of bucket): SCAN bounds it.
+            for (m5, (p, n)) in pos.iter().zip(&neg).enumerate() {
+                let (lo, hi) = bucket(m5);
+                let above = |from: u8, below: &dyn Fn(f64) -> bool| {
+                    map[from as usize + 1..].iter().take_while(|&&m| below(m as f64)).count()
+                };
+                let inside = above(*p, &|m| m < hi).max(above(*n, &|m| m <= -lo));
+                assert!(inside <= SCAN, "CodeIndex: {inside} map values in one bucket");
             }
+            start[b] = pos;
+            start[BUCKETS + b] = neg;
         }
         Self { start }
     }
