@@ -325,23 +325,28 @@ impl CodeIndex {
     /// [`nearest_code`]`(map, y)` for the map this index was built for.
     #[inline(always)]
     pub fn code(&self, map: &[f32; 256], y: f32) -> u8 {
-        if y.is_nan() {
-            return 0;
-        }
+        // Branch-free (a NaN runs the same arithmetic and is mapped to 0 at the end), so that
+        // loops over it vectorize with gathers.
         let bits = y.to_bits();
         let e = (bits >> 23) & 0xff;
-        let b = if e < E_MIN { 0 } else { (e - E_MIN + 1).min(BUCKETS as u32 - 1) } as usize;
+        let b = (e.max(E_MIN - 1) - (E_MIN - 1)).min(BUCKETS as u32 - 1) as usize;
         let sign = (bits >> 31) as usize;
         let m5 = ((bits >> 18) & 31) as usize;
         let mut lo = self.start[sign * BUCKETS + b][m5] as usize;
         // At most SCAN map values lie above a bucket's start and below its end (checked when
-        // the index is built): a fixed, branch-free scan.
+        // the index is built): a fixed scan.
         for _ in 0..SCAN {
-            lo += (lo < 255 && map[(lo + 1).min(255)] <= y) as usize;
+            let next = (lo + 1).min(255);
+            lo += (map[next] <= y && next > lo) as usize;
         }
         let hi = (lo + 1).min(255);
         let up = hi != lo && map[hi] - y < y - map[lo];
-        (lo + up as usize) as u8
+        let code = (lo + up as usize) as u8;
+        if y.is_nan() {
+            0
+        } else {
+            code
+        }
     }
 }
 
