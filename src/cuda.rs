@@ -55,8 +55,12 @@ enum Buffers {
     /// A variable with no element: nothing is allocated (and nothing launched for it).
     Empty(DType),
     /// 8-bit state (`src/quant.rs`): `m` codes, `m` absmax, `v` codes, `v` absmax.
-    Q8(CudaSlice<u8>, CudaSlice<f32>, CudaSlice<u8>, CudaSlice<f32>),
+    /// (Boxed: four slices would make every variable's moments as large.)
+    Q8(Box<Q8Buffers>),
 }
+
+/// `m` codes, `m` absmax, `v` codes, `v` absmax of an 8-bit variable.
+type Q8Buffers = (CudaSlice<u8>, CudaSlice<f32>, CudaSlice<u8>, CudaSlice<f32>);
 
 /// `m` and `v` of one variable in device memory (moment dtype: f32, or f64 for f64 params).
 pub(crate) struct CudaMoments {
@@ -132,12 +136,12 @@ impl CudaMoments {
         if n == 0 {
             return Ok(Self { dev, n, bufs: Buffers::Empty(DType::F32) });
         }
-        let bufs = Buffers::Q8(
+        let bufs = Buffers::Q8(Box::new((
             dev.clone_htod(&q.m)?,
             dev.clone_htod(&q.m_absmax)?,
             dev.clone_htod(&q.v)?,
             dev.clone_htod(&q.v_absmax)?,
-        );
+        )));
         Ok(Self { dev, n, bufs })
     }
 
@@ -152,13 +156,14 @@ impl CudaMoments {
             Buffers::F32(..) => 8 * self.n,
             Buffers::F64(..) => 16 * self.n,
             Buffers::Empty(_) => 0,
-            Buffers::Q8(_, ma, _, va) => 2 * self.n + 4 * (ma.len() + va.len()),
+            Buffers::Q8(q) => 2 * self.n + 4 * (q.1.len() + q.3.len()),
         }
     }
 
     /// The codes and absmax of 8-bit moments, copied to the host; `None` for full ones.
     pub(crate) fn to_8bit(&self) -> Result<Option<crate::cpu8::Moments8>> {
-        let Buffers::Q8(m, ma, v, va) = &self.bufs else { return Ok(None) };
+        let Buffers::Q8(q) = &self.bufs else { return Ok(None) };
+        let (m, ma, v, va) = &**q;
         Ok(Some(crate::cpu8::Moments8 {
             m: self.dev.clone_dtoh(m)?,
             m_absmax: self.dev.clone_dtoh(ma)?,
@@ -579,7 +584,8 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
         guards.push(gguard);
         let (mut ma, mut va) = (0, 0);
         let (mp, vp) = match (&mut it.moments.bufs, p.dtype()) {
-            (Buffers::Q8(m, am, v, av), DType::F32 | DType::F16 | DType::BF16) => {
+            (Buffers::Q8(q), DType::F32 | DType::F16 | DType::BF16) => {
+                let (m, am, v, av) = &mut **q;
                 let (mp, mg) = m.device_ptr_mut(&stream);
                 let (vp, vg) = v.device_ptr_mut(&stream);
                 let (ap, ag) = am.device_ptr_mut(&stream);

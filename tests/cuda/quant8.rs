@@ -64,7 +64,7 @@ fn quant8_gpu_matches_cpu_bit_for_bit() -> Result<()> {
     for t in 1..=8u64 {
         let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
         for (i, ((_, c), (_, g))) in cv.iter().zip(&gv).enumerate() {
-            if (t as usize + i) % 4 == 0 {
+            if (t as usize + i).is_multiple_of(4) {
                 continue;
             }
             let v: Vec<f32> = (0..c.elem_count()).map(|_| rng.random_range(-0.5f32..0.5)).collect();
