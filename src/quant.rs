@@ -252,9 +252,8 @@ fn quantize_block_with(map: &[f32; 256], index: &CodeIndex, x: &[f32], codes: &m
             *y = e / a; // vectorized: the division is exact IEEE at any width
         }
     }
-    for (c, &y) in codes.iter_mut().zip(&y[..n]) {
-        *c = index.code(map, y);
-    }
+    let m = n.min(codes.len());
+    index.codes(map, &y[..m], &mut codes[..m]);
     for (c, &e) in codes.iter_mut().zip(x).skip(BLOCK) {
         *c = index.code(map, if a == 0.0 { 0.0 } else { e / a });
     }
@@ -268,6 +267,8 @@ fn quantize_block_with(map: &[f32; 256], index: &CodeIndex, x: &[f32], codes: &m
 /// result is exactly [`nearest_code`]'s (tested on every bucket boundary and on random values).
 pub struct CodeIndex {
     start: [[u8; 32]; 2 * BUCKETS],
+    /// The code of every `y` with these top 16 bits, or 256 when they do not all get one code.
+    direct: Vec<u16>,
 }
 
 /// Steps of the upward scan after the table lookup (the most map values inside one bucket above
@@ -307,7 +308,18 @@ impl CodeIndex {
             start[b] = pos;
             start[BUCKETS + b] = neg;
         }
-        Self { start }
+        let direct = (0..1u32 << 16)
+            .map(|prefix| {
+                let (a, b) = (f32::from_bits(prefix << 16), f32::from_bits(prefix << 16 | 0xffff));
+                let (ca, cb) = (nearest_code(map, a), nearest_code(map, b));
+                if ca == cb && !a.is_nan() && !b.is_nan() {
+                    ca as u16
+                } else {
+                    256
+                }
+            })
+            .collect();
+        Self { start, direct }
     }
 
     /// The index of [`signed_map`] or [`unsigned_map`] (built once).
@@ -319,6 +331,18 @@ impl CodeIndex {
         } else {
             assert!(std::ptr::eq(map, unsigned_map()), "CodeIndex: not one of the two maps");
             U.get_or_init(|| Self::new(map))
+        }
+    }
+
+    /// `out[i] = self.code(map, ys[i])`: first through [`CodeIndex`]'s direct table on the top
+    /// 16 bits of `y` (sign, exponent, 7 mantissa bits), which holds the code of every such
+    /// prefix whose whole range of `y` gets one code (the code is monotone in `y`, so the two
+    /// ends decide); the few prefixes that hold a decision point (and NaN) take [`Self::code`].
+    #[inline(always)]
+    pub fn codes(&self, map: &[f32; 256], ys: &[f32], out: &mut [u8]) {
+        for (c, &y) in out.iter_mut().zip(ys) {
+            let d = self.direct[(y.to_bits() >> 16) as usize];
+            *c = if d < 256 { d as u8 } else { self.code(map, y) };
         }
     }
 
@@ -457,13 +481,12 @@ mod tests {
                 let y = f32::from_bits(h & 0xBFFF_FFFF); // |y| < 2: exponent <= 127
                 ys.push(y);
             }
-            for y in ys {
-                assert_eq!(
-                    index.code(map, y),
-                    nearest_code(map, y),
-                    "y = {y:e} ({:#x})",
-                    y.to_bits()
-                );
+            let mut fast = vec![0u8; ys.len()];
+            index.codes(map, &ys, &mut fast); // the direct table first
+            for (y, f) in ys.iter().zip(&fast) {
+                let want = nearest_code(map, *y);
+                assert_eq!(index.code(map, *y), want, "y = {y:e} ({:#x})", y.to_bits());
+                assert_eq!(*f, want, "codes(): y = {y:e} ({:#x})", y.to_bits());
             }
         }
     }
