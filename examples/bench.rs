@@ -17,6 +17,11 @@
 //! Bytes per parameter (f32): RAdam reads p, g, m, v and writes p, m, v = 28 B. The copy probe
 //! copies 14 B per parameter from one buffer to another (14 B read + 14 B written = 28 B), so
 //! `copy_ms / radam_ms` is the fraction of copy bandwidth the fused step reaches.
+//!
+//! 8-bit state (`StateFormat::blockwise8()`, f32 / f16 / bf16 params): the step moves p, g read and
+//! p written (12 B for f32), m and v codes read and written (4 B) and the block absmax (16 B per
+//! 256 elements): about 16 B per f32 parameter. Its row is compared with a second copy probe of
+//! exactly those bytes, and with the f32-state step (goal: faster).
 
 use std::time::Instant;
 
@@ -212,6 +217,22 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
         ParamsRAdam { non_finite: NonFinite::Propagate, ..params },
     )?
     .with_groups(groups()?)?;
+    // 8-bit state (not for f64 params).
+    let mut radam8 = if dtype == DType::F64 {
+        None
+    } else {
+        let p8 = ParamsRAdam {
+            lr: 1e-4,
+            weight_decay: 0.01,
+            decoupled_weight_decay: true,
+            ..Default::default()
+        };
+        Some(
+            RAdam::new_named(named.clone(), p8)?
+                .with_groups(groups()?)?
+                .with_state_format(candle_radam::StateFormat::blockwise8())?,
+        )
+    };
     println!(
         "groups: {}",
         radam
@@ -231,6 +252,9 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
     };
     let bytes = bytes_per_param(dtype) * n;
     let mut probe = CopyProbe::new(dev, bytes)?;
+    // Bytes of the 8-bit step: p, g, p in the param dtype, plus the state read and written.
+    let bytes8 = radam8.as_ref().map(|o| 3 * dtype.size_in_bytes() * n + 2 * o.state_bytes());
+    let mut probe8 = bytes8.map(|b| CopyProbe::new(dev, b)).transpose()?;
 
     // Warm up every method (allocations, PTX load, page faults), then interleave rounds.
     radam.step(&grads)?;
@@ -240,7 +264,12 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
         a.step(&grads)?;
     }
     probe.run()?;
+    if let (Some(o), Some(p)) = (radam8.as_mut(), probe8.as_mut()) {
+        o.step(&grads)?;
+        p.run()?;
+    }
     let (mut t_r, mut t_rc, mut t_rng, mut t_a, mut t_c) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut t_8, mut t_c8) = (vec![], vec![]);
     for round in 0..args.rounds {
         // Rotate which RAdam goes first, so none always follows the copy probe.
         for k in 0..3 {
@@ -254,6 +283,10 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
             t_a.push(time_ms(dev, args.steps.min(3), || Ok(a.step(&grads)?))?);
         }
         t_c.push(time_ms(dev, args.steps, || probe.run())?);
+        if let (Some(o), Some(p)) = (radam8.as_mut(), probe8.as_mut()) {
+            t_8.push(time_ms(dev, args.steps, || Ok(o.step(&grads)?))?);
+            t_c8.push(time_ms(dev, args.steps, || p.run())?);
+        }
     }
     let (r, rc, rng, c) = (median(t_r), median(t_rc), median(t_rng), median(t_c));
     let gbs = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
@@ -287,6 +320,33 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
             "speedup of candle-radam over candle-nn AdamW: {:.1}x (guarded), {:.1}x (unguarded)",
             a / r,
             a / rng
+        );
+    }
+    if let (Some(b8), Some(o)) = (bytes8, radam8.as_ref()) {
+        let (r8, c8) = (median(t_8), median(t_c8));
+        let gbs8 = |ms: f64| b8 as f64 / (ms * 1e-3) / 1e9;
+        println!(
+            "{:<34} {:>10.3} {:>9.1} {:>16.3}",
+            "copy probe (8-bit step's bytes)",
+            c8,
+            gbs8(c8),
+            1.0
+        );
+        println!(
+            "{:<34} {:>10.3} {:>9.1} {:>16.3}",
+            "candle-radam 8-bit state (guard)",
+            r8,
+            gbs8(r8),
+            c8 / r8
+        );
+        println!(
+            "8-bit state: {:.3} B/param of state (f32 state {:.1}), {:.1} B/param moved, \
+             step time / f32-state step {:.3} (goal < 1), vs its copy probe {:.3} (goal >= 1.0)",
+            o.state_bytes_per_param(),
+            radam.state_bytes_per_param(),
+            b8 as f64 / n as f64,
+            r8 / r,
+            c8 / r8
         );
     }
     println!("guard + clip + unscale / guard alone: {:.3} (goal <= 1.05)", rc / r);

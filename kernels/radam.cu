@@ -304,3 +304,118 @@ RADAM_CHECK_ENTRY(radam_check_b16h, uint16_t, (uint16_t)0x7c00u)            // f
 RADAM_CHECK_ENTRY(radam_check_b16b, uint16_t, (uint16_t)0x7f80u)            // bf16
 RADAM_CHECK_ENTRY(radam_check_b32, uint32_t, 0x7f800000u)                  // f32
 RADAM_CHECK_ENTRY(radam_check_b64, uint64_t, 0x7ff0000000000000ull)        // f64
+
+// ---------------------------------------------------------------------------------------------
+// 8-bit state (src/quant.rs, src/cpu8.rs): m and v as u8 codes with one f32 absmax per block of
+// RADAM_Q8_BLOCK = RADAM_THREADS elements (block-wise dynamic quantization, bitsandbytes'
+// create_dynamic_map: signed for m, unsigned for v). The entry's `m` / `v` point to the codes,
+// `m_absmax` / `v_absmax` to the scales. `maps`: the 256 signed then the 256 unsigned map values
+// (f32, ascending), uploaded once per device by the host, copied to shared memory per block.
+//
+// One loop iteration of a CUDA block covers exactly one quantization block, thread i element i
+// (chunks are RADAM_CHUNK = 16 quantization blocks, so they never split one): dequantize
+// (map[code] * absmax), radam_elem (the f32 rule, unchanged), block max-reduce of |m| and |v|
+// (warp shuffles, then one value per warp in shared memory; NaN sticky), quantize against the
+// new absmax (x / absmax, binary search, ties to the lower code: radam8_code), store. Bit for bit
+// the CPU pass: the same f32 operations in the same order (-fmad=false, IEEE division and sqrt).
+
+#define RADAM_Q8_BLOCK RADAM_THREADS
+static_assert(RADAM_CHUNK % RADAM_Q8_BLOCK == 0, "a chunk must hold whole quantization blocks");
+static_assert(RADAM_Q8_BLOCK == 256, "src/quant.rs BLOCK: one thread per element of a block");
+
+// The larger of two magnitudes, NaN if either is NaN (order-independent, so the reduction's
+// shape does not change the result).
+__device__ __forceinline__ float radam8_max(float a, float b) {
+    if (a != a) return a;
+    return (b > a || b != b) ? b : a;
+}
+
+// Nearest code of y in a sorted 256-entry map (src/quant.rs `nearest_code`): the largest lo with
+// map[lo] <= y (0 below map[0] or for NaN), then lo + 1 when strictly nearer; ties to lo.
+__device__ __forceinline__ uint8_t radam8_code(const float* map, float y) {
+    int lo = 0;
+#pragma unroll
+    for (int step = 128; step > 0; step >>= 1) lo += (map[lo + step] <= y) ? step : 0;
+    const int hi = lo < 255 ? lo + 1 : 255;
+    const bool up = hi != lo && map[hi] - y < y - map[lo];
+    return (uint8_t)(lo + (up ? 1 : 0));
+}
+
+template <typename P>
+__device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
+                                          const uint32_t* __restrict__ block_map,
+                                          const Scalars<float>* __restrict__ sets,
+                                          const float* __restrict__ maps) {
+    __shared__ float smap[256];
+    __shared__ float umap[256];
+    __shared__ float warp_max[2][RADAM_THREADS / 32];
+    const Entry e = table[block_map[blockIdx.x]];
+    const Scalars<float> k = sets[e.set];
+    const int update = k.update;
+    P* __restrict__ p = reinterpret_cast<P*>(e.p);
+    const P* __restrict__ g = reinterpret_cast<const P*>(e.g);
+    uint8_t* __restrict__ mc = reinterpret_cast<uint8_t*>(e.m);
+    uint8_t* __restrict__ vc = reinterpret_cast<uint8_t*>(e.v);
+    float* __restrict__ ma = reinterpret_cast<float*>(e.m_absmax);
+    float* __restrict__ va = reinterpret_cast<float*>(e.v_absmax);
+    const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
+    const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    for (unsigned t = threadIdx.x; t < 256; t += blockDim.x) {
+        smap[t] = maps[t];
+        umap[t] = maps[256 + t];
+    }
+    __syncthreads();
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (uint64_t qb0 = start; qb0 < end; qb0 += RADAM_Q8_BLOCK) {
+        const uint64_t i = qb0 + threadIdx.x;
+        const uint64_t qb = qb0 / RADAM_Q8_BLOCK;
+        const bool active = i < end;
+        float mi = 0.0f, vi = 0.0f, pn = 0.0f;
+        if (active) {
+            mi = smap[mc[i]] * ma[qb];
+            vi = umap[vc[i]] * va[qb];
+            pn = radam_elem<float>(Traits<P>::load(p[i]), Traits<P>::load(g[i]), mi, vi, k, update);
+        }
+        float am = fabsf(mi), av = fabsf(vi);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            am = radam8_max(am, __shfl_xor_sync(0xffffffffu, am, off));
+            av = radam8_max(av, __shfl_xor_sync(0xffffffffu, av, off));
+        }
+        if (lane == 0) {
+            warp_max[0][warp] = am;
+            warp_max[1][warp] = av;
+        }
+        __syncthreads();  // also: every thread has read ma[qb] / va[qb] before thread 0 writes them
+        am = warp_max[0][0];
+        av = warp_max[1][0];
+#pragma unroll
+        for (int w = 1; w < RADAM_THREADS / 32; w++) {
+            am = radam8_max(am, warp_max[0][w]);
+            av = radam8_max(av, warp_max[1][w]);
+        }
+        if (active) {
+            mc[i] = radam8_code(smap, am == 0.0f ? 0.0f : mi / am);
+            vc[i] = radam8_code(umap, av == 0.0f ? 0.0f : vi / av);
+            if (update != 2) p[i] = Traits<P>::store(pn);
+        }
+        if (threadIdx.x == 0) {
+            ma[qb] = am;
+            va[qb] = av;
+        }
+        __syncthreads();  // warp_max is reused by the next quantization block
+    }
+}
+
+#define RADAM8_ENTRY(NAME, P)                                                                   \
+    extern "C" __global__ void __launch_bounds__(RADAM_THREADS)                                \
+    NAME(const Entry* table, const uint32_t* block_map, const Scalars<float>* sets,            \
+         const float* maps) {                                                                  \
+        radam8_mt<P>(table, block_map, sets, maps);                                            \
+    }
+
+RADAM8_ENTRY(radam8_mt_f32, float)
+RADAM8_ENTRY(radam8_mt_f16, __half)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+RADAM8_ENTRY(radam8_mt_bf16, __nv_bfloat16)
+#endif

@@ -38,6 +38,10 @@ emu="${CARGO_TARGET_DIR}/radam_emu"
 mkdir -p "$CARGO_TARGET_DIR"
 g++ -O2 -std=c++17 -ffp-contract=off -I"$CUDA_HOME/include" kernels/emu/radam_emu.cpp -o "$emu"
 "$emu"
+say "8-bit kernel emulation (kernels/emu/radam8_emu.cpp, threads as the stand-in's fibers)"
+g++ -O2 -std=c++17 -ffp-contract=off -I"$CUDA_HOME/include" -Icuda-standin kernels/emu/radam8_emu.cpp \
+  cuda-standin/fibers.cpp -o "${emu}8"
+"${emu}8"
 
 say "CPU stand-in of the CUDA driver (cuda-standin/build.sh)"
 standin="$CARGO_TARGET_DIR/cuda-standin"

@@ -56,7 +56,7 @@ impl CpuMoments {
 }
 
 /// Arithmetic the update needs, for the two compute types.
-trait Real:
+pub(crate) trait Real:
     Copy
     + Send
     + Sync
@@ -94,7 +94,7 @@ impl Real for f64 {
 
 /// The step scalars converted once to the compute type.
 #[derive(Clone, Copy)]
-struct Coeffs<C> {
+pub(crate) struct Coeffs<C> {
     update: Update,
     beta2: C,
     one_minus_beta1: C,
@@ -107,7 +107,7 @@ struct Coeffs<C> {
 }
 
 impl<C: Real> Coeffs<C> {
-    fn new(k: &StepScalars) -> Self {
+    pub(crate) fn new(k: &StepScalars) -> Self {
         Self {
             update: k.update,
             beta2: C::of(k.beta2),
@@ -148,7 +148,7 @@ fn fused<C: Real, const UPDATE: u8>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [
 }
 
 #[inline(always)]
-fn dispatch<C: Real>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [C], k: &Coeffs<C>) {
+pub(crate) fn dispatch<C: Real>(p: &mut [C], g: &[C], m: &mut [C], v: &mut [C], k: &Coeffs<C>) {
     match k.update {
         Update::Adaptive => fused::<C, { Update::Adaptive as u8 }>(p, g, m, v, k),
         Update::Sgd => fused::<C, { Update::Sgd as u8 }>(p, g, m, v, k),
@@ -321,7 +321,7 @@ half_element!(f16, F16, 0x7c00u16);
 half_element!(bf16, BF16, 0x7f80u16);
 
 /// The contiguous `[start, end)` element range of a layout, or an error (never a silent misread).
-fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
+pub(crate) fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
     match l.contiguous_offsets() {
         Some(r) => Ok(r),
         None => bail!("RAdam: {what} is not contiguous"),

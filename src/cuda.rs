@@ -54,7 +54,13 @@ enum Buffers {
     F64(CudaSlice<f64>, CudaSlice<f64>),
     /// A variable with no element: nothing is allocated (and nothing launched for it).
     Empty(DType),
+    /// 8-bit state (`src/quant.rs`): `m` codes, `m` absmax, `v` codes, `v` absmax.
+    /// (Boxed: four slices would make every variable's moments as large.)
+    Q8(Box<Q8Buffers>),
 }
+
+/// `m` codes, `m` absmax, `v` codes, `v` absmax of an 8-bit variable.
+type Q8Buffers = (CudaSlice<u8>, CudaSlice<f32>, CudaSlice<u8>, CudaSlice<f32>);
 
 /// `m` and `v` of one variable in device memory (moment dtype: f32, or f64 for f64 params).
 pub(crate) struct CudaMoments {
@@ -71,13 +77,16 @@ fn cuda_device(t: &Tensor) -> Result<&CudaDevice> {
 }
 
 impl CudaMoments {
-    /// Zero moments for `param` (a CUDA tensor), on its device.
-    pub(crate) fn zeros(param: &Tensor) -> Result<Self> {
+    /// Zero moments for `param` (a CUDA tensor), on its device; 8-bit ones when `eight`.
+    pub(crate) fn zeros(param: &Tensor, eight: bool) -> Result<Self> {
         let dev = cuda_device(param)?.clone();
         // Fail at construction (not at the first step) when this GPU cannot run the kernels
         // (e.g. bf16 below sm_80) or its driver cannot load the PTX.
         load_module(&dev, param.dtype() == DType::BF16)?;
         let n = param.elem_count();
+        if eight && n > 0 {
+            return Self::from_8bit(param, &crate::cpu8::Moments8::zeros(n));
+        }
         let dtype = crate::moments::moment_dtype(param.dtype())?;
         let bufs = match (n, dtype) {
             (0, d) => Buffers::Empty(d),
@@ -116,9 +125,60 @@ impl CudaMoments {
         Ok(Self { dev, n, bufs })
     }
 
-    /// The moments as flat CPU tensors.
+    /// 8-bit moments for `param` from host codes and absmax (`param.elem_count()` elements).
+    pub(crate) fn from_8bit(param: &Tensor, q: &crate::cpu8::Moments8) -> Result<Self> {
+        let dev = cuda_device(param)?.clone();
+        load_module(&dev, param.dtype() == DType::BF16)?;
+        let n = param.elem_count();
+        if q.len() != n {
+            bail!("RAdam: 8-bit moments of {} elements for a variable of {n}", q.len());
+        }
+        if n == 0 {
+            return Ok(Self { dev, n, bufs: Buffers::Empty(DType::F32) });
+        }
+        let bufs = Buffers::Q8(Box::new((
+            dev.clone_htod(&q.m)?,
+            dev.clone_htod(&q.m_absmax)?,
+            dev.clone_htod(&q.v)?,
+            dev.clone_htod(&q.v_absmax)?,
+        )));
+        Ok(Self { dev, n, bufs })
+    }
+
+    /// Whether these are 8-bit moments.
+    pub(crate) fn is_8bit(&self) -> bool {
+        matches!(self.bufs, Buffers::Q8(..))
+    }
+
+    /// Device bytes of the moments.
+    pub(crate) fn bytes(&self) -> usize {
+        match &self.bufs {
+            Buffers::F32(..) => 8 * self.n,
+            Buffers::F64(..) => 16 * self.n,
+            Buffers::Empty(_) => 0,
+            Buffers::Q8(q) => 2 * self.n + 4 * (q.1.len() + q.3.len()),
+        }
+    }
+
+    /// The codes and absmax of 8-bit moments, copied to the host; `None` for full ones.
+    pub(crate) fn to_8bit(&self) -> Result<Option<crate::cpu8::Moments8>> {
+        let Buffers::Q8(q) = &self.bufs else { return Ok(None) };
+        let (m, ma, v, va) = &**q;
+        Ok(Some(crate::cpu8::Moments8 {
+            m: self.dev.clone_dtoh(m)?,
+            m_absmax: self.dev.clone_dtoh(ma)?,
+            v: self.dev.clone_dtoh(v)?,
+            v_absmax: self.dev.clone_dtoh(va)?,
+        }))
+    }
+
+    /// The moments as flat CPU tensors (8-bit ones dequantized to f32).
     pub(crate) fn to_tensors(&self) -> Result<(Tensor, Tensor)> {
         let cpu = Device::Cpu;
+        if let Some(q) = self.to_8bit()? {
+            let (m, v) = q.to_f32();
+            return Ok((Tensor::from_vec(m, self.n, &cpu)?, Tensor::from_vec(v, self.n, &cpu)?));
+        }
         Ok(match &self.bufs {
             Buffers::F32(m, v) => (
                 Tensor::from_vec(self.dev.clone_dtoh(m)?, self.n, &cpu)?,
@@ -129,6 +189,7 @@ impl CudaMoments {
                 Tensor::from_vec(self.dev.clone_dtoh(v)?, self.n, &cpu)?,
             ),
             Buffers::Empty(d) => (Tensor::zeros(0, *d, &cpu)?, Tensor::zeros(0, *d, &cpu)?),
+            Buffers::Q8(..) => unreachable!("8-bit moments are returned above"),
         })
     }
 }
@@ -153,8 +214,21 @@ const KINDS: [(DType, &str, &str, &str); 4] = [
     (DType::F64, "radam_mt_f64", "radam_check_b64", "radam_sumsq_f64"),
 ];
 
+/// The 8-bit state's update kernels (`radam8_mt_*`), per param dtype: kind `KINDS.len() + i`
+/// of a [`Group`].
+const KINDS8: [(DType, &str); 3] =
+    [(DType::F32, "radam8_mt_f32"), (DType::F16, "radam8_mt_f16"), (DType::BF16, "radam8_mt_bf16")];
+
+/// The dtype and update kernel of group kind `kind` (`KINDS`, then `KINDS8`).
+fn kind_kernel(kind: usize) -> (DType, &'static str) {
+    match kind.checked_sub(KINDS.len()) {
+        Some(i) => KINDS8[i],
+        None => (KINDS[kind].0, KINDS[kind].1),
+    }
+}
+
 /// Device pointers of one tensor, the raw material of a table entry.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Ptrs {
     p: u64,
     g: u64,
@@ -163,6 +237,10 @@ struct Ptrs {
     n: u64,
     /// Index of the scalar set (`Entry::set`).
     set: u32,
+    /// 8-bit state: the absmax arrays of `m` and `v` (`m`, `v` then point to codes); 0 for full
+    /// moments.
+    m_absmax: u64,
+    v_absmax: u64,
 }
 
 /// The raw device pointer of a contiguous CUDA tensor's first element. The returned guard must
@@ -267,11 +345,13 @@ struct Group {
 fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
     let mut words = Vec::new();
     let mut groups = Vec::new();
-    for (kind, (dtype, ..)) in KINDS.iter().enumerate() {
+    let kinds = KINDS.iter().map(|k| (k.0, false)).chain(KINDS8.iter().map(|k| (k.0, true)));
+    for (kind, (dtype, q8)) in kinds.enumerate() {
+        let dtype = &dtype;
         let members: Vec<(usize, &Ptrs)> = items
             .iter()
             .enumerate()
-            .filter(|(_, (d, p))| d == dtype && p.n > 0)
+            .filter(|(_, (d, p))| d == dtype && p.n > 0 && (p.m_absmax != 0) == q8)
             .map(|(i, (_, p))| (i, p))
             .collect();
         if members.is_empty() {
@@ -285,8 +365,20 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
             let first_block = map.len() as u64;
             // Word 6: `uint32_t flags` (low half) then `uint32_t set` (high half).
             let flags_set = flags | (p.set as u64) << 32;
-            let entry: [u64; ENTRY_WORDS] =
-                [p.p, p.g, p.m, p.v, p.n, first_block, flags_set, *item as u64, 0, 0, 0, 0];
+            let entry: [u64; ENTRY_WORDS] = [
+                p.p,
+                p.g,
+                p.m,
+                p.v,
+                p.n,
+                first_block,
+                flags_set,
+                *item as u64,
+                0,
+                0,
+                p.m_absmax,
+                p.v_absmax,
+            ];
             words.extend_from_slice(&entry);
             let blocks = p.n.div_ceil(CHUNK);
             if map.len() as u64 + blocks > i32::MAX as u64 {
@@ -408,7 +500,7 @@ where
             gp = ptr;
             guards.push(guard);
         }
-        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n, set: 0 }));
+        table.push((g.dtype(), Ptrs { g: gp, n, ..Default::default() }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -483,14 +575,25 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
             bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
         }
         if n == 0 {
-            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0, set: 0 }));
+            table.push((p.dtype(), Ptrs::default()));
             continue;
         }
         let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
         let (gp, gguard) = raw_ptr(gs, g, gl.start_offset(), &stream)?;
         guards.push(pguard);
         guards.push(gguard);
+        let (mut ma, mut va) = (0, 0);
         let (mp, vp) = match (&mut it.moments.bufs, p.dtype()) {
+            (Buffers::Q8(q), DType::F32 | DType::F16 | DType::BF16) => {
+                let (m, am, v, av) = &mut **q;
+                let (mp, mg) = m.device_ptr_mut(&stream);
+                let (vp, vg) = v.device_ptr_mut(&stream);
+                let (ap, ag) = am.device_ptr_mut(&stream);
+                let (bp, bg) = av.device_ptr_mut(&stream);
+                guards.extend([mg, vg, ag, bg]);
+                (ma, va) = (ap, bp);
+                (mp, vp)
+            }
             (Buffers::F32(m, v), DType::F32 | DType::F16 | DType::BF16) => {
                 let (mp, mg) = m.device_ptr_mut(&stream);
                 let (vp, vg) = v.device_ptr_mut(&stream);
@@ -510,17 +613,21 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
         if it.set as usize >= sets.len() {
             bail!("RAdam: scalar set {} of {} does not exist", it.set, sets.len());
         }
-        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64, set: it.set }));
+        let (m_absmax, v_absmax) = (ma, va);
+        table.push((
+            p.dtype(),
+            Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64, set: it.set, m_absmax, v_absmax },
+        ));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
         return Ok(());
     }
-    let need_bf16 = groups.iter().any(|g| KINDS[g.kind].0 == DType::BF16);
+    let need_bf16 = groups.iter().any(|g| kind_kernel(g.kind).0 == DType::BF16);
     let (module, ptx) = module_for(&stream, need_bf16)?;
     let funcs = groups
         .iter()
-        .map(|g| dev.get_or_load_custom_func(KINDS[g.kind].1, module, ptx))
+        .map(|g| dev.get_or_load_custom_func(kind_kernel(g.kind).1, module, ptx))
         .collect::<Result<Vec<_>>>()?;
     // The scalar sets follow the tables: f32 sets for the f32 / f16 / bf16 kernels, f64 sets for
     // the f64 kernel (each rounded once from the host's f64).
@@ -529,16 +636,28 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
     words.extend(scalar_words(sets, false));
     let sets64_word = words.len();
     words.extend(scalar_words(sets, true));
+    // The 8-bit kernels' maps (signed then unsigned, f32, two per word), with the same upload
+    // (2 KiB, only when an 8-bit tensor is stepped).
+    let maps_word = words.len();
+    if groups.iter().any(|g| g.kind >= KINDS.len()) {
+        let maps = crate::quant::signed_map().iter().chain(crate::quant::unsigned_map());
+        let bits: Vec<u64> = maps.map(|x| x.to_bits() as u64).collect();
+        words.extend(bits.chunks(2).map(|c| c[0] | c[1] << 32));
+    }
     let dev_table = w(stream.clone_htod(&words))?;
     {
         let (base, _t) = dev_table.device_ptr(&stream);
         for (grp, func) in groups.iter().zip(&funcs) {
             let table_ptr = base + 8 * grp.table_word as u64;
             let map_ptr = base + 8 * grp.map_word as u64;
-            let f64_math = KINDS[grp.kind].0 == DType::F64;
+            let f64_math = kind_kernel(grp.kind).0 == DType::F64;
             let sets_ptr = base + 8 * if f64_math { sets64_word } else { sets32_word } as u64;
+            let maps_ptr = base + 8 * maps_word as u64;
             let mut b = func.builder();
             b.arg(&table_ptr).arg(&map_ptr).arg(&sets_ptr);
+            if grp.kind >= KINDS.len() {
+                b.arg(&maps_ptr);
+            }
             // SAFETY: every table entry points at `n` live elements of the kernel's dtype (param
             // and grad kept alive by `storages`, moments by the `&mut` borrows behind `guards`),
             // params and grads never alias, and the launch is ordered on candle's stream.
@@ -554,27 +673,37 @@ mod tests {
     use super::*;
 
     fn ptrs(base: u64, n: u64) -> Ptrs {
-        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n, set: 0 }
+        Ptrs {
+            p: base,
+            g: base + 0x1000,
+            m: base + 0x2000,
+            v: base + 0x3000,
+            n,
+            ..Default::default()
+        }
     }
 
-    /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group, 12-word
-    /// entries then the block map packed two u32 per word, low half first.
+    /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group (the
+    /// full-state kinds, then the 8-bit ones), 12-word entries then the block map packed two u32
+    /// per word, low half first.
     #[test]
     fn table_layout_matches_the_kernel() {
+        let q8 = Ptrs { m_absmax: 0x60_4000, v_absmax: 0x60_5000, ..ptrs(0x60_0000, 4096) };
         let items = [
             (DType::F16, ptrs(0x10_0000, 4097)), // 2 blocks
             (DType::F32, ptrs(0x20_0000, 0)),    // empty: no entry, no block
             (DType::F32, ptrs(0x30_0004, 1)),    // unaligned param
             (DType::F16, ptrs(0x40_0000, 4096)), // exactly 1 block
             (DType::F32, Ptrs { set: 5, ..ptrs(0x50_0000, 3 * CHUNK + 1) }), // scalar set 5
+            (DType::F32, q8),                    // 8-bit state: its own group, absmax in 10-11
         ];
         let (w, groups) = build_table(&items).unwrap();
-        // F32 group first (KINDS order), then F16.
-        assert_eq!(groups.len(), 2);
-        let (g32, g16) = (&groups[0], &groups[1]);
+        // F32 group first (KINDS order), then F16, then the 8-bit F32 group.
+        assert_eq!(groups.len(), 3);
+        let (g32, g16, g8) = (&groups[0], &groups[1], &groups[2]);
         assert_eq!(
-            (KINDS[g32.kind].0, g32.blocks, g32.table_word, g32.map_word),
-            (DType::F32, 5, 0, 24)
+            (kind_kernel(g32.kind), g32.blocks, g32.table_word, g32.map_word),
+            ((DType::F32, "radam_mt_f32"), 5, 0, 24)
         );
         assert_eq!(
             &w[0..12],
@@ -601,8 +730,8 @@ mod tests {
         // Block map 0,1,1,1,1 packed as (1<<32|0), (1<<32|1), (0<<32|1).
         assert_eq!(&w[24..27], &[1 << 32, 1 << 32 | 1, 1]);
         assert_eq!(
-            (KINDS[g16.kind].0, g16.blocks, g16.table_word, g16.map_word),
-            (DType::F16, 3, 27, 51)
+            (kind_kernel(g16.kind), g16.blocks, g16.table_word, g16.map_word),
+            ((DType::F16, "radam_mt_f16"), 3, 27, 51)
         );
         assert_eq!(
             &w[27..39],
@@ -613,11 +742,23 @@ mod tests {
             &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3, 0, 0, 0, 0]
         );
         assert_eq!(&w[51..53], &[0, 1]); // map 0,0,1
-        assert_eq!(w.len(), 53);
+        assert_eq!(
+            (kind_kernel(g8.kind), g8.blocks, g8.table_word, g8.map_word),
+            ((DType::F32, "radam8_mt_f32"), 1, 53, 65)
+        );
+        assert_eq!(
+            &w[53..65],
+            &[
+                0x60_0000, 0x60_1000, 0x60_2000, 0x60_3000, 4096, 0, 0b11, 5, 0, 0, 0x60_4000,
+                0x60_5000
+            ]
+        );
+        assert_eq!(&w[65..66], &[0]);
+        assert_eq!(w.len(), 66);
         // (item, blocks) per entry: how the per-block partial sums map back to items.
         assert_eq!(
-            (&g32.members[..], &g16.members[..]),
-            (&[(2, 1), (4, 4)][..], &[(0, 2), (3, 1)][..])
+            (&g32.members[..], &g16.members[..], &g8.members[..]),
+            (&[(2, 1), (4, 4)][..], &[(0, 2), (3, 1)][..], &[(5, 1)][..])
         );
     }
 

@@ -18,6 +18,7 @@ use candle_core::{bail, Result, Var};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::params::ParamsRAdam;
+use crate::quant::StateFormat;
 
 /// Name of the group of the variables no [`ParamGroup`] selects.
 pub const DEFAULT_GROUP: &str = "default";
@@ -75,6 +76,9 @@ pub struct ParamGroup {
     pub degenerate_to_sgd: Option<bool>,
     /// Overrides `rectify`.
     pub rectify: Option<bool>,
+    /// Overrides the optimizer's [`StateFormat`] (e.g. [`StateFormat::Full`] to keep an
+    /// embedding's moments in 32 bits under an 8-bit optimizer).
+    pub state_format: Option<StateFormat>,
 }
 
 impl ParamGroup {
@@ -90,6 +94,7 @@ impl ParamGroup {
             decoupled_weight_decay: None,
             degenerate_to_sgd: None,
             rectify: None,
+            state_format: None,
         }
     }
 
@@ -177,6 +182,18 @@ impl ParamGroup {
     /// Sets `rectify`.
     pub fn rectify(mut self, x: bool) -> Self {
         self.rectify = Some(x);
+        self
+    }
+
+    /// Sets how the group's moments are stored. Under an optimizer with 8-bit state
+    /// ([`crate::RAdam::with_state_format`]), `StateFormat::Full` is bitsandbytes' "stable
+    /// embedding" advice: keep 32-bit state for the token embeddings (rare tokens' rows get
+    /// rare, large updates that a shared block scale represents badly), e.g.
+    /// `ParamGroup::glob("embeddings", &["*embed*"])?.state_format(StateFormat::Full)`; the
+    /// reverse (`StateFormat::blockwise8()` on a group of an f32-state optimizer) quantizes
+    /// only that group.
+    pub fn state_format(mut self, x: StateFormat) -> Self {
+        self.state_format = Some(x);
         self
     }
 
@@ -276,6 +293,8 @@ pub struct GroupInfo {
     pub params: ParamsRAdam,
     /// Names of its variables, in the optimizer's order.
     pub vars: Vec<String>,
+    /// How its moments are stored (variables below the 8-bit threshold keep full moments).
+    pub state_format: StateFormat,
 }
 
 /// Assigns every `(name, var)` to the first group that selects it (`groups.len()` for the

@@ -8,6 +8,7 @@ use crate::clip::{check_max_norm, clip_coef, grad_norm};
 use crate::groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 use crate::moments::{moment_dtype, Moments};
 use crate::params::{check_lr, NonFinite, ParamsRAdam};
+use crate::quant::StateFormat;
 use crate::rule::{ScalarSets, StepScalars};
 use crate::scaler::{DynamicScale, LossScaler};
 
@@ -51,6 +52,8 @@ pub struct RAdam {
     pub(crate) scaler: Option<DynamicScale>,
     /// The unclipped, unscaled gradient norm of the last step that computed one.
     pub(crate) last_grad_norm: Option<f64>,
+    /// How the moments are stored (groups may override it).
+    pub(crate) state_format: StateFormat,
 }
 
 impl std::fmt::Debug for RAdam {
@@ -113,7 +116,7 @@ impl RAdam {
             if !var.is_contiguous() {
                 bail!("RAdam: variable '{name}' is not contiguous");
             }
-            let moments = Moments::zeros(var.as_tensor())
+            let moments = Moments::zeros(var.as_tensor(), false)
                 .map_err(|e| e.context(format!("variable '{name}'")))?;
             slots.push(Slot { name, var, moments, group: 0, step: 0 });
         }
@@ -128,6 +131,7 @@ impl RAdam {
             max_grad_norm: None,
             scaler: None,
             last_grad_norm: None,
+            state_format: StateFormat::Full,
         })
     }
 
@@ -166,6 +170,9 @@ impl RAdam {
         }
         let assigned =
             crate::groups::assign(&groups, self.slots.iter().map(|s| (s.name.as_str(), &s.var)))?;
+        let formats = |g: usize| groups.get(g).and_then(|x| x.state_format);
+        let eight = self.plan_formats(&assigned, self.state_format, formats)?;
+        self.convert_moments(&eight)?;
         for (s, g) in self.slots.iter_mut().zip(assigned) {
             s.group = g;
         }
@@ -182,6 +189,7 @@ impl RAdam {
                 name: self.group_name(g).to_string(),
                 params: self.group_params(g),
                 vars: self.slots.iter().filter(|s| s.group == g).map(|s| s.name.clone()).collect(),
+                state_format: self.group_format(g),
             })
             .collect()
     }
@@ -408,10 +416,12 @@ impl RAdam {
             .par_iter_mut()
             .zip(by_slot.par_iter())
             .filter_map(|(s, g)| match (&mut s.moments, g) {
-                (Moments::Cpu(m), Some((g, k))) => Some((&s.var, *g, m, &sets[*k as usize])),
+                (m @ (Moments::Cpu(_) | Moments::Cpu8(_)), Some((g, k))) => {
+                    Some((&s.var, *g, m, &sets[*k as usize]))
+                }
                 _ => None,
             })
-            .try_for_each(|(var, g, m, k)| crate::cpu::step(var.as_tensor(), g, m, k))
+            .try_for_each(|(var, g, m, k)| crate::moments::cpu_step(var.as_tensor(), g, m, k))
     }
 }
 
@@ -653,5 +663,108 @@ impl RAdam {
             _ => loss.clone(),
         };
         loss.affine(s.scale(), 0.0)
+    }
+}
+
+/// 8-bit optimizer state ([`StateFormat`], module [`crate::quant`]) and the memory of the state.
+impl RAdam {
+    /// This optimizer with its moments stored as `format` (see [`RAdam::set_state_format`]).
+    pub fn with_state_format(mut self, format: StateFormat) -> Result<Self> {
+        self.set_state_format(format)?;
+        Ok(self)
+    }
+
+    /// Stores the moments of every variable as `format` ([`StateFormat::Full`], the default,
+    /// or [`StateFormat::blockwise8()`]: block-wise dynamic 8-bit moments, about 2.03 bytes per
+    /// parameter instead of 8), except in the groups that set their own
+    /// ([`crate::ParamGroup::state_format`]); variables smaller than the format's
+    /// `min_elements` keep full moments. Existing moments are converted (quantized or
+    /// dequantized, [`crate::quant`]); step counts are kept.
+    ///
+    /// Errors, changing nothing, if an f64 variable would get 8-bit moments (give it a group
+    /// with `StateFormat::Full`).
+    pub fn set_state_format(&mut self, format: StateFormat) -> Result<()> {
+        let assigned: Vec<usize> = self.slots.iter().map(|s| s.group).collect();
+        let eight = self
+            .plan_formats(&assigned, format, |g| self.groups.get(g).and_then(|x| x.state_format))?;
+        self.convert_moments(&eight)?;
+        self.state_format = format;
+        Ok(())
+    }
+
+    /// The optimizer's state format (groups may override it: [`RAdam::groups`]).
+    pub fn state_format(&self) -> StateFormat {
+        self.state_format
+    }
+
+    /// The state format of group `g` (`groups.len()`: the default group).
+    pub(crate) fn group_format(&self, g: usize) -> StateFormat {
+        self.groups.get(g).and_then(|x| x.state_format).unwrap_or(self.state_format)
+    }
+
+    /// Whether each slot gets 8-bit moments under `base` and the groups' overrides, with the
+    /// slots in groups `assigned`; errors for an f64 variable that would.
+    fn plan_formats(
+        &self,
+        assigned: &[usize],
+        base: StateFormat,
+        group_format: impl Fn(usize) -> Option<StateFormat>,
+    ) -> Result<Vec<bool>> {
+        self.slots
+            .iter()
+            .zip(assigned)
+            .map(|(s, &g)| {
+                let eight = group_format(g).unwrap_or(base).quantizes(s.var.elem_count());
+                if eight {
+                    crate::moments::check_8bit_dtype(s.var.dtype())
+                        .map_err(|e| e.context(format!("variable '{}'", s.name)))?;
+                }
+                Ok(eight)
+            })
+            .collect()
+    }
+
+    /// Converts the moments of every slot whose format changes (all converted first, then
+    /// swapped in).
+    fn convert_moments(&mut self, eight: &[bool]) -> Result<()> {
+        let fresh = self
+            .slots
+            .iter()
+            .zip(eight)
+            .map(|(s, &e)| s.moments.converted(s.var.as_tensor(), e))
+            .collect::<Result<Vec<_>>>()?;
+        for (s, m) in self.slots.iter_mut().zip(fresh) {
+            if let Some(m) = m {
+                s.moments = m;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of optimizer state allocated for the moments of every variable: 8 per element for
+    /// f32 / f16 / bf16 variables with full moments (16 for f64), and for 8-bit ones 2 per
+    /// element (the codes of `m` and `v`) plus 8 per block of [`crate::quant::BLOCK`] elements
+    /// (their f32 absmax). Step counts and other scalars are not counted.
+    pub fn state_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.moments.bytes()).sum()
+    }
+
+    /// [`RAdam::state_bytes`] per optimized parameter (element): 8 for f32 state, about 2.03
+    /// under [`StateFormat::blockwise8()`] when most parameters are in tensors of 4096 elements
+    /// or more (`2 + 8 / 256 = 2.03125` for a whole number of blocks). 0 without parameters.
+    pub fn state_bytes_per_param(&self) -> f64 {
+        let n: usize = self.slots.iter().map(|s| s.var.elem_count()).sum();
+        if n == 0 {
+            0.0
+        } else {
+            self.state_bytes() as f64 / n as f64
+        }
+    }
+
+    /// Bytes of state of variable `name` ([`RAdam::state_bytes`]) and whether its moments are
+    /// 8-bit, or `None` if no variable has that name.
+    pub fn var_state(&self, name: &str) -> Option<(usize, bool)> {
+        let s = self.slots.iter().find(|s| s.name == name)?;
+        Some((s.moments.bytes(), s.moments.is_8bit()))
     }
 }

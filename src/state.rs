@@ -3,6 +3,10 @@
 //! File layout (every tensor on CPU):
 //! - for every variable `NAME`: `exp_avg.NAME` and `exp_avg_sq.NAME`, shaped like the variable,
 //!   in the moment dtype (f32, or f64 for f64 variables);
+//! - or, for a variable with 8-bit moments ([`crate::StateFormat::Blockwise8`]):
+//!   `exp_avg_q8.NAME` and `exp_avg_sq_q8.NAME`, u8 codes shaped like the variable, and
+//!   `exp_avg_absmax.NAME`, `exp_avg_sq_absmax.NAME`, f32 `[ceil(n / 256)]`, the block scales
+//!   (maps and blocks in [`crate::quant`]): saved and restored bit for bit;
 //! - `radam.var.NAME`: i64 `[4]`, the variable's record: its step count `t`, its dtype
 //!   (0 f32, 1 f64, 2 f16, 3 bf16), the FNV-1a 64 hash of its shape, dtype and value bits at save
 //!   time (as i64 bits), and the index of its group;
@@ -18,6 +22,11 @@
 //! by shape and dtype into a [`RAdam::new`] optimizer when those are unique: every variable then
 //! gets `radam.step` as its step count.
 //!
+//! A variable's moments load in the format the optimizer gives it now: a 32-bit pair loaded into
+//! an 8-bit variable is quantized, an 8-bit pair loaded into a variable with full moments is
+//! dequantized to f32 (`map[code] * absmax`), and [`LoadReport::converted`] says so. So a run can
+//! switch to or from 8-bit state at a resume.
+//!
 //! The hyper-parameters are restored from the training script, not from the file: the saved
 //! groups only serve to report a different grouping ([`LoadReport`]). Likewise the scaler's
 //! configuration (growth factor, interval, ...) and the clipping threshold come from the script;
@@ -30,6 +39,7 @@ use std::path::Path;
 use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu8::Moments8;
 use crate::moments::{moment_dtype, Moments};
 use crate::optimizer::RAdam;
 use crate::params::ParamsRAdam;
@@ -48,6 +58,17 @@ fn m_key(name: &str) -> String {
 fn v_key(name: &str) -> String {
     format!("exp_avg_sq.{name}")
 }
+
+/// Keys of an 8-bit moment pair: `m` codes, `m` absmax, `v` codes, `v` absmax.
+fn q8_keys(name: &str) -> [String; 4] {
+    [
+        format!("{Q8_M}{name}"),
+        format!("exp_avg_absmax.{name}"),
+        format!("exp_avg_sq_q8.{name}"),
+        format!("exp_avg_sq_absmax.{name}"),
+    ]
+}
+const Q8_M: &str = "exp_avg_q8.";
 
 fn counter(x: u64) -> Result<Tensor> {
     Tensor::new(&[x as i64], &Device::Cpu)
@@ -168,13 +189,20 @@ pub struct LoadReport {
     /// One line per change of grouping: variables that were trained in another group, or whose
     /// group has other hyper-parameters now (the learning rate excluded), with their number.
     pub group_changes: Vec<String>,
+    /// One line per conversion of the moments' format at load: variables saved with 32-bit
+    /// moments that were quantized to 8-bit (this optimizer's [`crate::StateFormat`] for them),
+    /// or saved 8-bit and dequantized to f32, with their number.
+    pub converted: Vec<String>,
 }
 
 impl LoadReport {
     /// True when there is nothing to report: the file is current, every variable was found under
     /// its own name and the grouping is the same.
     pub fn is_clean(&self) -> bool {
-        !self.legacy && self.remapped.is_empty() && self.group_changes.is_empty()
+        !self.legacy
+            && self.remapped.is_empty()
+            && self.group_changes.is_empty()
+            && self.converted.is_empty()
     }
 }
 
@@ -199,7 +227,7 @@ impl std::fmt::Display for LoadReport {
                 self.remapped[0].1
             )?;
         }
-        for line in &self.group_changes {
+        for line in self.group_changes.iter().chain(&self.converted) {
             writeln!(f, "  {line}")?;
         }
         Ok(())
@@ -236,9 +264,18 @@ impl RAdam {
             .collect::<Result<Vec<u64>>>()?;
         let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(3 * self.slots.len() + 2);
         for (s, h) in self.slots.iter().zip(hashes) {
-            let (m, v) = s.moments.to_tensors(s.var.as_tensor())?;
-            tensors.insert(m_key(&s.name), m);
-            tensors.insert(v_key(&s.name), v);
+            if let Some(q) = s.moments.to_8bit()? {
+                let [mc, ma, vc, va] = q8_keys(&s.name);
+                let (dev, shape) = (&Device::Cpu, s.var.shape());
+                tensors.insert(mc, Tensor::from_vec(q.m, shape, dev)?);
+                tensors.insert(ma, Tensor::new(q.m_absmax, dev)?);
+                tensors.insert(vc, Tensor::from_vec(q.v, shape, dev)?);
+                tensors.insert(va, Tensor::new(q.v_absmax, dev)?);
+            } else {
+                let (m, v) = s.moments.to_tensors(s.var.as_tensor())?;
+                tensors.insert(m_key(&s.name), m);
+                tensors.insert(v_key(&s.name), v);
+            }
             let rec = [s.step as i64, dtype_code(s.var.dtype()), h as i64, s.group as i64];
             tensors.insert(format!("{VAR}{}", s.name), Tensor::new(&rec, &Device::Cpu)?);
         }
@@ -359,14 +396,40 @@ impl RAdam {
         }
         let legacy = records.is_empty() && groups.is_empty();
         // The saved variables, by name: every `exp_avg.X` (its pair is checked below).
-        let mut saved: Vec<String> =
-            file.keys().filter_map(|k| k.strip_prefix("exp_avg.").map(str::to_string)).collect();
+        let mut saved: Vec<String> = file
+            .keys()
+            .filter_map(|k| k.strip_prefix("exp_avg.").or_else(|| k.strip_prefix(Q8_M)))
+            .map(str::to_string)
+            .collect();
         saved.sort();
         // Every moment has its pair, and the pair is possible (before anything indexes them).
+        let mut q8: HashMap<String, Moments8> = HashMap::new();
         for name in &saved {
+            if file.contains_key(&q8_keys(name)[0]) {
+                if file.contains_key(&m_key(name)) {
+                    bail!("RAdam state: '{name}' is saved both with 32-bit and 8-bit moments");
+                }
+                q8.insert(name.clone(), read_q8(&file, name, path)?);
+                continue;
+            }
             let m = file.get(&m_key(name)).ok_or_else(|| missing(path, &m_key(name)))?;
             let v = file.get(&v_key(name)).ok_or_else(|| missing(path, &v_key(name)))?;
             check_moment_pair(name, m, v)?;
+        }
+        let q8_key_count = 4 * q8.len();
+        let q8_in_file = file
+            .keys()
+            .filter(|k| {
+                ["exp_avg_q8.", "exp_avg_absmax.", "exp_avg_sq_q8.", "exp_avg_sq_absmax."]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            })
+            .count();
+        if q8_in_file != q8_key_count {
+            bail!(
+                "RAdam state: {path:?} holds 8-bit moment tensors without their 'exp_avg_q8.*' \
+                 (damaged file?)"
+            );
         }
         if let Some(name) = file.keys().filter_map(|k| k.strip_prefix("exp_avg_sq.")).min() {
             if !file.contains_key(&m_key(name)) {
@@ -382,14 +445,17 @@ impl RAdam {
                     bail!("RAdam state: '{VAR}{name}' names group {}, which is not saved", r.group);
                 }
             }
-            if let Some(name) = records.keys().find(|n| !file.contains_key(&m_key(n))) {
+            if let Some(name) = records
+                .keys()
+                .find(|n| !file.contains_key(&m_key(n)) && !q8.contains_key(n.as_str()))
+            {
                 bail!("RAdam state: {path:?} has '{VAR}{name}' but no '{}'", m_key(name));
             }
         }
 
         // Which saved variable each slot takes.
         let source: Vec<String> = if self.positional {
-            self.match_by_fingerprint(&file, &saved, &records, legacy, path)?
+            self.match_by_fingerprint(&file, &q8, &saved, &records, legacy, path)?
         } else {
             for s in &self.slots {
                 if let Some(r) = records.get(&s.name) {
@@ -410,6 +476,7 @@ impl RAdam {
         // Build every new moment buffer first; swap them in only when all are good.
         let mut fresh = Vec::with_capacity(self.slots.len());
         let mut steps = Vec::with_capacity(self.slots.len());
+        let mut conversions: BTreeMap<&str, usize> = BTreeMap::new();
         for (s, src) in self.slots.iter().zip(&source) {
             let want = moment_dtype(s.var.dtype())?;
             let mut take = |key: String| -> Result<Tensor> {
@@ -426,8 +493,33 @@ impl RAdam {
                 }
                 Ok(x)
             };
-            let (m, v) = (take(m_key(src))?, take(v_key(src))?);
-            fresh.push(Moments::from_tensors(s.var.as_tensor(), &m, &v)?);
+            let eight = s.moments.is_8bit();
+            let name = &s.name;
+            let moments = if let Some(q) = q8.remove(src) {
+                if q.len() != s.var.elem_count() || file[&q8_keys(src)[0]].dims() != s.var.dims() {
+                    bail!(
+                        "RAdam state: '{}' is {:?}, expected {:?} for variable '{name}'",
+                        q8_keys(src)[0],
+                        file[&q8_keys(src)[0]].dims(),
+                        s.var.dims()
+                    );
+                }
+                for k in q8_keys(src) {
+                    file.remove(&k);
+                }
+                if !eight {
+                    *conversions.entry("8-bit moments dequantized to f32").or_default() += 1;
+                }
+                Moments::from_8bit(s.var.as_tensor(), q, eight)
+                    .map_err(|e| e.context(format!("variable '{name}'")))?
+            } else {
+                let (m, v) = (take(m_key(src))?, take(v_key(src))?);
+                if eight {
+                    *conversions.entry("32-bit moments quantized to 8-bit").or_default() += 1;
+                }
+                Moments::from_tensors(s.var.as_tensor(), &m, &v, eight)?
+            };
+            fresh.push(moments);
             steps.push(records.get(src).map_or(t, |r| r.step));
         }
         if let Some(extra) = file.keys().min() {
@@ -448,6 +540,12 @@ impl RAdam {
             } else {
                 self.group_changes(&source, &records, &groups)
             },
+            converted: conversions
+                .into_iter()
+                .map(|(what, n)| {
+                    format!("{n} variable(s) saved with {what} (this optimizer's state format)")
+                })
+                .collect(),
         };
         for ((s, m), step) in self.slots.iter_mut().zip(fresh).zip(steps) {
             s.moments = m;
@@ -465,6 +563,7 @@ impl RAdam {
     fn match_by_fingerprint(
         &self,
         file: &HashMap<String, Tensor>,
+        q8: &HashMap<String, Moments8>,
         saved: &[String],
         records: &HashMap<String, VarRecord>,
         legacy: bool,
@@ -496,8 +595,11 @@ impl RAdam {
             let candidates: Vec<&String> = saved
                 .iter()
                 .filter(|n| {
-                    file.get(&m_key(n))
+                    (file
+                        .get(&m_key(n))
                         .is_some_and(|m| m.dims() == s.var.dims() && m.dtype() == want)
+                        || (q8.contains_key(n.as_str())
+                            && file[&q8_keys(n)[0]].dims() == s.var.dims()))
                         && (legacy
                             || records.get(n.as_str()).is_some_and(|r| {
                                 r.dtype == dtype_code(s.var.dtype()) && r.hash == h
@@ -522,8 +624,10 @@ impl RAdam {
                 && candidates.iter().all(|c| {
                     records.get(c.as_str()).map(|r| r.step)
                         == records.get(candidates[0].as_str()).map(|r| r.step)
-                        && same(m_key, c, candidates[0])
-                        && same(v_key, c, candidates[0])
+                        && ((same(m_key, c, candidates[0]) && same(v_key, c, candidates[0]))
+                            || q8
+                                .get(c.as_str())
+                                .is_some_and(|q| q8.get(candidates[0].as_str()) == Some(q)))
                 });
             let free: Vec<&&String> =
                 candidates.iter().filter(|c| !used.contains(c.as_str())).collect();
@@ -680,4 +784,41 @@ fn missing(path: &Path, key: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!(
         "RAdam state: {path:?} has no '{key}' (not a state file of this model?)"
     ))
+}
+
+/// The 8-bit moment pair of `name` (the four `q8_keys`), checked: u8 codes of one shape, f32
+/// absmax `[ceil(n / 256)]`, finite and `>= 0`.
+fn read_q8(file: &HashMap<String, Tensor>, name: &str, path: &Path) -> Result<Moments8> {
+    let keys = q8_keys(name);
+    let get = |i: usize| file.get(&keys[i]).ok_or_else(|| missing(path, &keys[i]));
+    let (mc, ma, vc, va) = (get(0)?, get(1)?, get(2)?, get(3)?);
+    if mc.dtype() != DType::U8 || vc.dtype() != DType::U8 || mc.dims() != vc.dims() {
+        bail!(
+            "RAdam state: '{}' and '{}' must be u8 codes of one shape, got {:?} {:?} and {:?} {:?}",
+            keys[0],
+            keys[2],
+            mc.dtype(),
+            mc.dims(),
+            vc.dtype(),
+            vc.dims()
+        );
+    }
+    let blocks = crate::quant::blocks(mc.elem_count());
+    for (k, a) in [(&keys[1], ma), (&keys[3], va)] {
+        if a.dtype() != DType::F32 || a.dims() != [blocks] {
+            bail!(
+                "RAdam state: '{k}' must be an f32 tensor of shape [{blocks}], got {:?} {:?}",
+                a.dtype(),
+                a.dims()
+            );
+        }
+    }
+    let q = Moments8 {
+        m: mc.flatten_all()?.to_vec1::<u8>()?,
+        m_absmax: ma.to_vec1::<f32>()?,
+        v: vc.flatten_all()?.to_vec1::<u8>()?,
+        v_absmax: va.to_vec1::<f32>()?,
+    };
+    q.check(&format!("'{name}'"))?;
+    Ok(q)
 }

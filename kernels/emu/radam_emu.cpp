@@ -49,6 +49,10 @@ static inline bool __syncthreads_or(bool x) { emu_block_or |= x; return emu_bloc
 static inline void __syncthreads() {}
 template <typename T> static inline T min(T a, T b) { return a < b ? a : b; }
 
+// The 8-bit kernels (radam8_mt_*) need warp shuffles and barriers that really wait: they are
+// checked by kernels/emu/radam8_emu.cpp on the stand-in's fiber scheduler; here they only compile.
+template <typename T> static inline T __shfl_xor_sync(unsigned, T, int) { abort(); }
+
 #include "../radam.cu"
 
 #undef blockIdx
