@@ -298,6 +298,7 @@ impl CodeIndex {
             }
             *t = from_order_key(hi);
         }
+        let keys = thr.map(order_key);
         let entry = (0..1u32 << 16)
             .map(|prefix| {
                 // The prefix's values in numeric order: ascending bits for +, descending for -.
@@ -311,9 +312,11 @@ impl CodeIndex {
                     (true, true) => return NO_THRESHOLD,
                 };
                 let (kl, kh) = (order_key(low), order_key(high));
-                let mut inside = thr.iter().map(|&t| order_key(t)).filter(|&k| k > kl && k <= kh);
-                let t = inside.next().map_or(NO_THRESHOLD, |k| k & 0xffff);
-                assert!(inside.next().is_none(), "CodeIndex: 2 thresholds in prefix {prefix:#x}");
+                // Thresholds with keys in (kl, kh]: keys[first..last] (sorted ascending).
+                let first = keys.partition_point(|&k| k <= kl);
+                let last = keys.partition_point(|&k| k <= kh);
+                assert!(last - first <= 1, "CodeIndex: 2 thresholds in prefix {prefix:#x}");
+                let t = keys[first..last].first().map_or(NO_THRESHOLD, |k| k & 0xffff);
                 (nearest_code(map, low) as u32) << 17 | t
             })
             .collect();
