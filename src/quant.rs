@@ -40,8 +40,11 @@
 //!   a binary search for the largest `lo` with `map[lo] <= x / absmax` (`lo = 0` below `map[0]`),
 //!   then `lo + 1` if `map[lo + 1] - y < y - map[lo]` (f32 differences), else `lo`: **a tie goes
 //!   to the lower code**. [`nearest_code`] is that definition (and the CUDA kernel's search);
-//!   the CPU finds the same code faster through [`CodeIndex`] (tables, tested against it).
-//! - dequantized value = `map[code] * absmax` (one f32 product).
+//!   the CPU finds the same code branch-free through [`CodeIndex`] (the code is monotone in `y`:
+//!   one packed table entry per 16-bit prefix of `y` and one integer compare; AVX2 gathers,
+//!   the division fused), equal to [`nearest_code`] on all 2^32 f32 (an exhaustive test).
+//! - dequantized value = `map[code] * absmax` (one f32 product; on the CPU scalar table reads,
+//!   or 64 at a time with AVX-512 VBMI byte permutes where the CPU has them).
 //!
 //! ## The fused step
 //!
@@ -67,9 +70,10 @@
 //! ## When not to use it
 //!
 //! - When the optimizer state is not what limits memory (small models): 8-bit state trades step
-//!   time for memory. On the CPU the per-element code search and dequantization are scalar and
-//!   the step takes about 3-3.6x the f32-state step's time (README, measured on a 2-core VM); the
-//!   CUDA kernel is written to stay memory bound (no GPU measurement yet).
+//!   time for memory. On the CPU the per-element code search (one table gather per element and
+//!   moment) and the division by the absmax cost compute the f32 step does not have: the step
+//!   takes about 2x the f32-state step's time (README, measured on a 2-core VM); the CUDA
+//!   kernel is written to stay memory bound (no GPU measurement yet).
 //! - For embeddings of rare tokens (bitsandbytes' "stable embedding" advice): rows updated
 //!   rarely with large gradients share a block scale with the rest; keep them in 32 bits with a
 //!   group, `ParamGroup::glob("embeddings", &["*embed*"])?.state_format(StateFormat::Full)`.
@@ -422,7 +426,7 @@ impl CodeIndex {
 
 /// Dequantizes one block: `out[i] = map[codes[i]] * absmax`. Scalar table reads (on the
 /// machine measured they beat AVX2 gathers), or, for the two maps on a CPU with AVX-512 VBMI,
-/// 64 codes at a time through byte permutes ([`BytePlanes`]); the same product either way.
+/// 64 codes at a time through byte permutes; the same product either way.
 #[inline(always)]
 pub fn dequantize_block(map: &[f32; 256], codes: &[u8], absmax: f32, out: &mut [f32]) {
     let n = codes.len().min(out.len());
