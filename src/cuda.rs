@@ -32,6 +32,7 @@ use cudarc::driver::{
     CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 
+use crate::precision::Store;
 use crate::rule::StepScalars;
 
 /// The base PTX (no bf16 kernels), JIT-compiled by the driver for any supported GPU.
@@ -142,6 +143,10 @@ pub(crate) struct Item<'a> {
     pub moments: &'a mut CudaMoments,
     /// Index of this variable's scalar set in the step's `sets` (0 for the non-finite check).
     pub set: u32,
+    /// The param's rounding buffer (`Entry::aux`), when its mode has one.
+    pub aux: Option<&'a mut CudaSlice<u16>>,
+    /// How the param is stored: mode (`Entry::flags` bits 4-5) and stream (`Entry::key`).
+    pub store: Store,
 }
 
 /// The four param dtypes, in launch order, with their kernel names: update, non-finite check,
@@ -163,6 +168,15 @@ struct Ptrs {
     n: u64,
     /// Index of the scalar set (`Entry::set`).
     set: u32,
+    /// The rounding buffer (`Entry::aux`, 0 when none), the mode (`Entry::flags` bits 4-5) and
+    /// the stochastic-rounding stream word (`Entry::key`).
+    aux: u64,
+    mode: u8,
+    key: u64,
+}
+
+impl Ptrs {
+    const NONE: Ptrs = Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0, set: 0, aux: 0, mode: 0, key: 0 };
 }
 
 /// The raw device pointer of a contiguous CUDA tensor's first element. The returned guard must
@@ -280,13 +294,14 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
         let table_word = words.len();
         let mut map: Vec<u32> = Vec::new();
         for (e, (item, p)) in members.iter().enumerate() {
-            let aligned = (p.p | p.g | p.m | p.v) % 16 == 0;
-            let flags = aligned as u64 | (((p.g % 16 == 0) as u64) << 1);
+            let aligned = (p.p | p.g | p.m | p.v | p.aux) % 16 == 0;
+            let flags =
+                aligned as u64 | (((p.g % 16 == 0) as u64) << 1) | ((p.mode as u64 & 3) << 4);
             let first_block = map.len() as u64;
             // Word 6: `uint32_t flags` (low half) then `uint32_t set` (high half).
             let flags_set = flags | (p.set as u64) << 32;
             let entry: [u64; ENTRY_WORDS] =
-                [p.p, p.g, p.m, p.v, p.n, first_block, flags_set, *item as u64, 0, 0, 0, 0];
+                [p.p, p.g, p.m, p.v, p.n, first_block, flags_set, *item as u64, p.aux, p.key, 0, 0];
             words.extend_from_slice(&entry);
             let blocks = p.n.div_ceil(CHUNK);
             if map.len() as u64 + blocks > i32::MAX as u64 {
@@ -408,7 +423,7 @@ where
             gp = ptr;
             guards.push(guard);
         }
-        table.push((g.dtype(), Ptrs { p: 0, g: gp, m: 0, v: 0, n, set: 0 }));
+        table.push((g.dtype(), Ptrs { g: gp, n, ..Ptrs::NONE }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -483,7 +498,7 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
             bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
         }
         if n == 0 {
-            table.push((p.dtype(), Ptrs { p: 0, g: 0, m: 0, v: 0, n: 0, set: 0 }));
+            table.push((p.dtype(), Ptrs::NONE));
             continue;
         }
         let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
@@ -510,7 +525,22 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
         if it.set as usize >= sets.len() {
             bail!("RAdam: scalar set {} of {} does not exist", it.set, sets.len());
         }
-        table.push((p.dtype(), Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64, set: it.set }));
+        let mode = it.store.mode;
+        let ap = match (&mut it.aux, mode.has_aux()) {
+            (Some(a), true) if a.len() == n => {
+                let (ap, ag) = a.device_ptr_mut(&stream);
+                guards.push(ag);
+                ap
+            }
+            (_, false) => 0,
+            _ => bail!("RAdam: the rounding buffer of a {:?} variable is missing", p.dtype()),
+        };
+        let key = it.store.stream;
+        let (mp, vp, set, n) = (mp, vp, it.set, n as u64);
+        table.push((
+            p.dtype(),
+            Ptrs { p: pp, g: gp, m: mp, v: vp, n, set, aux: ap, mode: mode as u8, key },
+        ));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -554,7 +584,7 @@ mod tests {
     use super::*;
 
     fn ptrs(base: u64, n: u64) -> Ptrs {
-        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n, set: 0 }
+        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n, ..Ptrs::NONE }
     }
 
     /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group, 8-word

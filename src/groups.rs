@@ -18,6 +18,7 @@ use candle_core::{bail, Result, Var};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::params::ParamsRAdam;
+use crate::precision::Rounding;
 
 /// Name of the group of the variables no [`ParamGroup`] selects.
 pub const DEFAULT_GROUP: &str = "default";
@@ -75,6 +76,8 @@ pub struct ParamGroup {
     pub degenerate_to_sgd: Option<bool>,
     /// Overrides `rectify`.
     pub rectify: Option<bool>,
+    /// Overrides `rounding` (how f16 / bf16 parameters take their update, [`Rounding`]).
+    pub rounding: Option<Rounding>,
 }
 
 impl ParamGroup {
@@ -90,6 +93,7 @@ impl ParamGroup {
             decoupled_weight_decay: None,
             degenerate_to_sgd: None,
             rectify: None,
+            rounding: None,
         }
     }
 
@@ -179,6 +183,11 @@ impl ParamGroup {
         self.rectify = Some(x);
         self
     }
+    /// Sets `rounding` (e.g. [`Rounding::Remainder`] for the bf16 embeddings only).
+    pub fn rounding(mut self, x: Rounding) -> Self {
+        self.rounding = Some(x);
+        self
+    }
 
     /// Whether this group selects the variable `name`.
     pub fn matches(&self, name: &str, var: &Var) -> bool {
@@ -241,6 +250,7 @@ impl ParamGroup {
                 .unwrap_or(base.decoupled_weight_decay),
             degenerate_to_sgd: self.degenerate_to_sgd.unwrap_or(base.degenerate_to_sgd),
             rectify: self.rectify.unwrap_or(base.rectify),
+            rounding: self.rounding.unwrap_or(base.rounding),
             ..base.clone()
         }
     }

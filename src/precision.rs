@@ -1,0 +1,575 @@
+//! How an f16 / bf16 parameter takes its f32 update: [`Rounding`], and the param side of the
+//! fused pass (load a block of half params, plus their auxiliary buffer, to f32; store an f32
+//! block back) shared by every CPU update loop. `kernels/radam.cu` mirrors the same functions
+//! (`param_load` / `param_store`) element for element, so CPU and CUDA give the same bits.
+//!
+//! # The problem
+//!
+//! The update is computed in f32 from the parameter's value. Rounded back to bf16 (8 significant
+//! bits) with round to nearest, every update smaller than half an ulp of the parameter is lost:
+//! a bf16 parameter 1.0 with a constant gradient 1.0 and `lr = 1e-3` (default betas) stays
+//! **exactly 1.0 for 1000 steps**, where f32 reaches 0.98126870 after 100 steps and 0.55085677
+//! after 1000; in f16 (11 bits) it reaches 0.99511719 at step 5, stays there through step 100
+//! and ends at 0.56884766 after 1000 (`tests/precision.rs` pins these numbers).
+//!
+//! # The modes
+//!
+//! | mode | extra bytes / param | what is stored | use it when |
+//! |---|---|---|---|
+//! | [`Rounding::Nearest`] | 0 | nothing | f32 / f64 params, or updates well above half an ulp |
+//! | [`Rounding::Remainder`] | 2 | low 16 bits of the f32 master value | bf16 training that must match f32 |
+//! | [`Rounding::Kahan`] | 2 | compensation, in the param dtype | f16 params; bf16 when 2 bytes are affordable but f32 equality is not needed |
+//! | [`Rounding::Stochastic`] | 0 | nothing | memory-bound training, no room for a buffer |
+//!
+//! The moments stay f32 in every mode (8 bytes per param); a bf16 step reads param, grad, m, v
+//! and writes param, m, v: 22 bytes per param with `Nearest` and `Stochastic`, 26 with
+//! `Remainder` and `Kahan` (the buffer is read and written).
+//!
+//! f32 and f64 parameters ignore the mode (their update is not rounded to a half type): one
+//! mode can be set for a whole model whose norms stay f32. [`Rounding::Remainder`] on an f16
+//! parameter is refused (f16 is not the upper half of an f32).
+//!
+//! Remainder versus Kahan, measured (`tests/precision.rs`, `kahan_loses_to_the_remainder`):
+//! Kahan keeps the lost part of each update in a 16-bit float, so it is itself rounded to 8
+//! (bf16) or 11 (f16) significant bits and the parameter drifts from the f32 trajectory, where
+//! the remainder method follows it bit for bit. See the README's table for the figures.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{bail, DType, Result};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+
+/// How the f32 update of an f16 / bf16 parameter is written back (see the [module docs]
+/// (self) for the memory each takes and when to use which). f32 and f64 parameters ignore it.
+///
+/// Parses from and prints as `nearest`, `remainder`, `kahan`, `stochastic` (seed 0) or
+/// `stochastic:SEED` (for command lines: `--rounding remainder`).
+///
+/// ```
+/// use candle_radam::Rounding;
+/// let r: Rounding = "stochastic:7".parse()?;
+/// assert_eq!(r, Rounding::Stochastic { seed: 7 });
+/// assert_eq!(r.to_string(), "stochastic:7");
+/// assert_eq!(Rounding::Remainder.extra_bytes_per_param(), 2);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Rounding {
+    /// Round to nearest even (IEEE 754 `roundTiesToEven`, torch's `.to(bfloat16)`): no extra
+    /// memory, but every update below half an ulp of the parameter is lost (the default, as
+    /// before this option existed).
+    #[default]
+    Nearest,
+    /// bf16 only: the exact "16 + 16" split of an f32 master value. The bf16 parameter holds the
+    /// upper 16 bits of an f32 `x`, a u16 buffer (+2 bytes / param) its lower 16 bits. The step
+    /// rebuilds `x = f32::from_bits(bf16_bits << 16 | low)`, runs the f32 rule unchanged and
+    /// splits the result back (the parameter is the f32 value *truncated* to bf16). The
+    /// reconstructed f32 trajectory is bit-identical to an f32-parameter run fed the same
+    /// gradients; the model sees the truncated bf16 value (at most 1 bf16 ulp below the
+    /// nearest one in magnitude). A fresh buffer is zero (the master value is the bf16 value as
+    /// it is); [`crate::RAdam::set_master_weights`] starts it from an f32 tensor exactly and
+    /// [`crate::RAdam::master_weights`] reads the f32 value back.
+    Remainder,
+    /// Kahan-compensated update, as optimi's `kahan_sum` (Warner, optimi; Zamirai et al. 2020,
+    /// *Revisiting BFloat16 Training*, arXiv 2010.06192): a compensation buffer `c` in the param
+    /// dtype (+2 bytes / param) carries the part of each update the rounding lost. With `p` the
+    /// parameter, `x` the f32 result of the rule on `p`, all arithmetic in f32:
+    /// `y = c + (x - p); p' = round(p + y); c' = round(y - (p' - p))` (`round`: nearest even
+    /// to the param dtype). optimi rounds `y` to the param dtype too; the fused pass keeps it in
+    /// f32, which loses less. The compensation is itself a 16-bit float, so this only
+    /// approximates the f32 trajectory (it loses to [`Rounding::Remainder`] on bf16, see the
+    /// module docs); it is the buffered mode for f16.
+    Kahan,
+    /// Stochastic rounding (0 extra bytes): the f32 value is rounded to one of its two
+    /// neighbouring half values, up with probability proportional to its distance from the lower
+    /// one, so the rounding is unbiased (`E[round(x)] = x`). The random bits come from a
+    /// counter-based hash of (`seed`, the variable's key, its step `t`, the element index)
+    /// ([`stream`], [`element_bits`]), not a stateful generator: CPU and CUDA give the same bits
+    /// and a resumed run continues the same stream. bf16: 16 random bits added to the low half
+    /// of the f32 bits, then truncated (as torchao's / Gupta et al. 2015's stochastic rounding);
+    /// f16: the upper neighbour is taken when 24 random bits, as a fraction of 1, fall below the
+    /// distance fraction. Non-finite values round to nearest; values beyond the largest finite
+    /// f16 saturate to it (never to infinity by chance).
+    Stochastic {
+        /// Seed of the stream (a run and its resumption use the same).
+        seed: u64,
+    },
+}
+
+impl Rounding {
+    /// Extra bytes per parameter element this mode keeps for an f16 / bf16 parameter (0 for
+    /// f32 / f64 parameters, which ignore the mode).
+    pub fn extra_bytes_per_param(&self) -> usize {
+        match self {
+            Self::Remainder | Self::Kahan => 2,
+            Self::Nearest | Self::Stochastic { .. } => 0,
+        }
+    }
+
+    /// Bytes one step moves per element of a bf16 / f16 parameter: param, grad, f32 m and v
+    /// read, param, m, v written (22), plus the buffer read and written (26).
+    pub fn bytes_per_step(&self) -> usize {
+        22 + 2 * self.extra_bytes_per_param()
+    }
+
+    /// Errors (with advice) when this mode cannot be used for a `dtype` parameter named `name`:
+    /// [`Rounding::Remainder`] needs bf16. Other modes accept every float dtype (f32 / f64
+    /// ignore the mode).
+    pub fn check(&self, dtype: DType, name: &str) -> Result<()> {
+        if *self == Self::Remainder && dtype == DType::F16 {
+            bail!(
+                "RAdam: variable '{name}' is f16, but Rounding::Remainder needs bf16 parameters \
+                 (bf16 is the upper half of an f32, f16 is not): use Rounding::Kahan or \
+                 Rounding::Stochastic for f16, or train in bf16"
+            );
+        }
+        Ok(())
+    }
+
+    /// The mode a `dtype` parameter actually uses: this one for f16 / bf16, [`Mode::Nearest`]
+    /// (nothing to round) for f32 / f64.
+    pub(crate) fn mode_for(&self, dtype: DType) -> Mode {
+        if !matches!(dtype, DType::F16 | DType::BF16) {
+            return Mode::Nearest;
+        }
+        match self {
+            Self::Nearest => Mode::Nearest,
+            Self::Remainder => Mode::Remainder,
+            Self::Kahan => Mode::Kahan,
+            Self::Stochastic { .. } => Mode::Stochastic,
+        }
+    }
+
+    /// The stochastic-rounding seed (0 for the other modes).
+    pub(crate) fn seed(&self) -> u64 {
+        match self {
+            Self::Stochastic { seed } => *seed,
+            _ => 0,
+        }
+    }
+}
+
+impl fmt::Display for Rounding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Nearest => f.write_str("nearest"),
+            Self::Remainder => f.write_str("remainder"),
+            Self::Kahan => f.write_str("kahan"),
+            Self::Stochastic { seed } => write!(f, "stochastic:{seed}"),
+        }
+    }
+}
+
+impl FromStr for Rounding {
+    type Err = candle_core::Error;
+
+    /// `nearest`, `remainder`, `kahan`, `stochastic` (seed 0) or `stochastic:SEED`
+    /// (ASCII case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "nearest" => Self::Nearest,
+            "remainder" => Self::Remainder,
+            "kahan" => Self::Kahan,
+            "stochastic" => Self::Stochastic { seed: 0 },
+            other => match other.strip_prefix("stochastic:").map(str::parse::<u64>) {
+                Some(Ok(seed)) => Self::Stochastic { seed },
+                _ => bail!(
+                    "RAdam: unknown rounding '{s}': expected nearest, remainder, kahan, \
+                     stochastic or stochastic:SEED"
+                ),
+            },
+        })
+    }
+}
+
+/// The mode one variable is updated with (its dtype taken into account), as the kernels number
+/// it (`Entry::flags` bits 4-5 in `kernels/radam.cu`, the state file's `radam.prec.*` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Mode {
+    Nearest = 0,
+    Remainder = 1,
+    Kahan = 2,
+    Stochastic = 3,
+}
+
+impl Mode {
+    /// Whether this mode keeps a u16 buffer per element.
+    pub(crate) fn has_aux(self) -> bool {
+        matches!(self, Self::Remainder | Self::Kahan)
+    }
+
+    pub(crate) fn from_code(c: i64) -> Option<Self> {
+        Some(match c {
+            0 => Self::Nearest,
+            1 => Self::Remainder,
+            2 => Self::Kahan,
+            3 => Self::Stochastic,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Nearest => "nearest",
+            Self::Remainder => "remainder",
+            Self::Kahan => "kahan",
+            Self::Stochastic => "stochastic",
+        }
+    }
+}
+
+/// What the store of one variable's step needs: its mode and, for stochastic rounding, the
+/// stream word of (seed, key, t) ([`stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Store {
+    pub mode: Mode,
+    pub stream: u64,
+}
+
+impl Store {
+    pub(crate) const NEAREST: Store = Store { mode: Mode::Nearest, stream: 0 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counter-based hash (stochastic rounding)
+
+/// SplitMix64's output mix (Steele, Lea and Flood 2014, *Fast splittable pseudorandom number
+/// generators*; Stafford's "Mix13" constants), a bijection of u64 with full avalanche.
+#[inline(always)]
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Chris Wellons' `lowbias32` (hash-prospector, 2018): a 32-bit bijection with low bias; two
+/// 32-bit multiplies, so it vectorizes (AVX2 `vpmulld`) in the CPU loop.
+#[inline(always)]
+pub(crate) fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The stream word of one variable's step: `mix64(mix64(mix64(seed) ^ key) ^ t)`, computed on
+/// the host once per variable and step (the kernels get it in `Entry::key`).
+pub(crate) fn stream(seed: u64, key: u64, t: u64) -> u64 {
+    mix64(mix64(mix64(seed) ^ key) ^ t)
+}
+
+/// The word of the 2^32-element segment `i >> 32` of a stream: hoisted out of the element loop
+/// (a CPU block or a CUDA block never spans two segments).
+#[inline(always)]
+pub(crate) fn segment_word(stream: u64, i: u64) -> u64 {
+    mix64(stream ^ (i >> 32))
+}
+
+/// 32 uniform random bits for element `i` of the segment whose word is `w`:
+/// `lowbias32(lo32(i) + lo32(w)) ^ hi32(w)`.
+#[inline(always)]
+pub(crate) fn element_bits(w: u64, i: u64) -> u32 {
+    lowbias32((i as u32).wrapping_add(w as u32)) ^ (w >> 32) as u32
+}
+
+/// The key of a variable's stream, from its name (FNV-1a 64): stable across processes. Saved
+/// with the state and restored from it (so a positional optimizer whose variables come back in
+/// another order keeps each variable's stream).
+pub(crate) fn key_of(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-element rounding (the kernels' `param_load` / `param_store` do the same)
+
+/// The f32 value of a bf16 parameter and its remainder.
+#[inline(always)]
+pub(crate) fn join(hi: u16, lo: u16) -> f32 {
+    f32::from_bits((hi as u32) << 16 | lo as u32)
+}
+
+/// Stochastic rounding of `x` to bf16 bits with random bits `r` (only the low 16 are used).
+#[inline(always)]
+pub(crate) fn sr_bf16(x: f32, r: u32) -> u16 {
+    let b = x.to_bits();
+    if b & 0x7f80_0000 == 0x7f80_0000 {
+        return bf16::from_f32(x).to_bits(); // inf / NaN: keep (a NaN's payload may be low bits)
+    }
+    // Sign-magnitude bits: adding r < 2^16 rounds the magnitude up with probability low / 2^16.
+    ((b + (r & 0xffff)) >> 16) as u16
+}
+
+/// Stochastic rounding of `x` to f16 bits with random bits `r` (the upper 24 are used).
+#[inline(always)]
+pub(crate) fn sr_f16(x: f32, r: u32) -> u16 {
+    let a = x.abs();
+    let h = f16::from_f32(a); // nearest
+    let hv = h.to_f32();
+    let mag = if hv == a || a.is_nan() {
+        h.to_bits()
+    } else {
+        let (lo, hi) = if hv < a {
+            (h.to_bits(), h.to_bits() + 1)
+        } else {
+            (h.to_bits() - 1, h.to_bits()) // hv > a >= 0: h is not +0
+        };
+        let (lv, uv) = (f16::from_bits(lo).to_f32(), f16::from_bits(hi).to_f32());
+        // Probability of rounding up: (a - lv) / (uv - lv); 0 when uv is infinite (saturate).
+        let frac = (a - lv) / (uv - lv);
+        let u = (r >> 8) as f32 * (1.0 / 16_777_216.0);
+        if u < frac {
+            hi
+        } else {
+            lo
+        }
+    };
+    mag | ((x.to_bits() >> 16) as u16 & 0x8000)
+}
+
+/// A half type the param side handles.
+pub(crate) trait Half: HalfScalar + Copy + Send + Sync + 'static {
+    fn to_bits(self) -> u16;
+    fn from_bits(b: u16) -> Self;
+    /// Stochastic rounding of `x` with random bits `r`.
+    fn stochastic(x: f32, r: u32) -> Self;
+}
+
+impl Half for bf16 {
+    #[inline(always)]
+    fn to_bits(self) -> u16 {
+        bf16::to_bits(self)
+    }
+    #[inline(always)]
+    fn from_bits(b: u16) -> Self {
+        bf16::from_bits(b)
+    }
+    #[inline(always)]
+    fn stochastic(x: f32, r: u32) -> Self {
+        bf16::from_bits(sr_bf16(x, r))
+    }
+}
+
+impl Half for f16 {
+    #[inline(always)]
+    fn to_bits(self) -> u16 {
+        f16::to_bits(self)
+    }
+    #[inline(always)]
+    fn from_bits(b: u16) -> Self {
+        f16::from_bits(b)
+    }
+    #[inline(always)]
+    fn stochastic(x: f32, r: u32) -> Self {
+        f16::from_bits(sr_f16(x, r))
+    }
+}
+
+/// Elements of one block (the caller's stack buffers hold this many f32).
+pub(crate) const BLOCK: usize = 256;
+
+/// Loads a block of half params to f32 in `out[..p.len()]`: with [`Mode::Remainder`] the f32
+/// master value rebuilt from `aux` (the low halves), else the param's value (exact).
+#[inline(always)]
+pub(crate) fn load_block<H: Half>(p: &[H], aux: &[u16], mode: Mode, out: &mut [f32])
+where
+    [H]: HalfFloatSliceExt,
+{
+    let n = p.len();
+    if mode == Mode::Remainder {
+        let (aux, out) = (&aux[..n], &mut out[..n]);
+        for i in 0..n {
+            out[i] = join(p[i].to_bits(), aux[i]);
+        }
+    } else {
+        p.convert_to_f32_slice(&mut out[..n]);
+    }
+}
+
+/// Stores the f32 block `x` (the rule's result for the loaded `old`) back into the half params
+/// `p` and their buffer `aux` (empty for modes without one) under `st`; `first` is the index of
+/// `p[0]` in its variable (the stochastic-rounding counter). `n <= BLOCK`.
+#[inline(always)]
+pub(crate) fn store_block<H: Half>(
+    p: &mut [H],
+    aux: &mut [u16],
+    x: &[f32],
+    old: &[f32],
+    st: &Store,
+    first: u64,
+) where
+    [H]: HalfFloatSliceExt,
+{
+    let n = p.len();
+    let x = &x[..n];
+    match st.mode {
+        Mode::Nearest => p.convert_from_f32_slice(x),
+        Mode::Remainder => {
+            let aux = &mut aux[..n];
+            for i in 0..n {
+                let b = x[i].to_bits();
+                p[i] = H::from_bits((b >> 16) as u16);
+                aux[i] = b as u16;
+            }
+        }
+        Mode::Kahan => {
+            let (aux, old) = (&mut aux[..n], &old[..n]);
+            let mut y = [0f32; BLOCK];
+            let mut s = [0f32; BLOCK];
+            let mut c = [0f32; BLOCK];
+            for i in 0..n {
+                c[i] = H::from_bits(aux[i]).to_f32_half();
+            }
+            for i in 0..n {
+                y[i] = c[i] + (x[i] - old[i]);
+                s[i] = old[i] + y[i];
+            }
+            p.convert_from_f32_slice(&s[..n]); // p' = round(p + y)
+            p.convert_to_f32_slice(&mut s[..n]); // p' in f32 (exact)
+            for i in 0..n {
+                c[i] = y[i] - (s[i] - old[i]); // c' before rounding
+            }
+            for i in 0..n {
+                aux[i] = H::from_f32_half(c[i]).to_bits();
+            }
+        }
+        Mode::Stochastic => {
+            let w = segment_word(st.stream, first);
+            for i in 0..n {
+                p[i] = H::stochastic(x[i], element_bits(w, first + i as u64));
+            }
+        }
+    }
+}
+
+/// Nearest-even conversions of one element (the bulk ones are half's slice methods).
+pub(crate) trait HalfScalar {
+    fn to_f32_half(self) -> f32;
+    fn from_f32_half(x: f32) -> Self;
+}
+
+impl HalfScalar for bf16 {
+    #[inline(always)]
+    fn to_f32_half(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_f32_half(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}
+
+impl HalfScalar for f16 {
+    #[inline(always)]
+    fn to_f32_half(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_f32_half(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The per-variable buffer
+
+/// One variable's u16 buffer (the remainder, or the Kahan compensation as param-dtype bits), on
+/// the variable's device; `None` for modes without one.
+pub(crate) enum Aux {
+    None,
+    Cpu(Vec<u16>),
+    #[cfg(feature = "cuda")]
+    Cuda(cudarc::driver::CudaSlice<u16>, candle_core::CudaDevice),
+}
+
+impl Aux {
+    /// The buffer `mode` needs for `param` (zeros), or `None`.
+    pub(crate) fn zeros(param: &candle_core::Tensor, mode: Mode) -> Result<Self> {
+        if !mode.has_aux() {
+            return Ok(Self::None);
+        }
+        Self::from_vec(param, vec![0; param.elem_count()])
+    }
+
+    /// A buffer for `param` holding `x` (`param.elem_count()` long), on `param`'s device.
+    pub(crate) fn from_vec(param: &candle_core::Tensor, x: Vec<u16>) -> Result<Self> {
+        if x.len() != param.elem_count() {
+            bail!("RAdam: a rounding buffer of {} for {} elements", x.len(), param.elem_count());
+        }
+        match param.device() {
+            candle_core::Device::Cpu => Ok(Self::Cpu(x)),
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(d) => {
+                if x.is_empty() {
+                    return Ok(Self::Cpu(x)); // nothing to allocate (nor to launch) for it
+                }
+                Ok(Self::Cuda(d.clone_htod(&x)?, d.clone()))
+            }
+            #[allow(unreachable_patterns)]
+            other => bail!("RAdam: device {other:?} is not supported (CPU and CUDA are)"),
+        }
+    }
+
+    /// The buffer's contents (empty for `None`).
+    pub(crate) fn to_vec(&self) -> Result<Vec<u16>> {
+        Ok(match self {
+            Self::None => Vec::new(),
+            Self::Cpu(x) => x.clone(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(s, d) => d.clone_dtoh(s)?,
+        })
+    }
+
+    /// The CPU buffer (empty when there is none).
+    pub(crate) fn cpu_slice(&mut self) -> &mut [u16] {
+        match self {
+            Self::Cpu(x) => x,
+            _ => &mut [],
+        }
+    }
+}
+
+/// The f32 values of a half parameter's bits under its buffer: the joined master value
+/// ([`Mode::Remainder`]), `p + c` ([`Mode::Kahan`]), else `p`.
+pub(crate) fn master_values(dtype: DType, p: &[u16], aux: &[u16], mode: Mode) -> Vec<f32> {
+    let to_f32 = |b: u16| match dtype {
+        DType::BF16 => bf16::from_bits(b).to_f32(),
+        _ => f16::from_bits(b).to_f32(),
+    };
+    match mode {
+        Mode::Remainder => p.iter().zip(aux).map(|(&h, &l)| join(h, l)).collect(),
+        Mode::Kahan => p.iter().zip(aux).map(|(&h, &c)| to_f32(h) + to_f32(c)).collect(),
+        _ => p.iter().map(|&h| to_f32(h)).collect(),
+    }
+}
+
+/// Splits f32 master values into half param bits and buffer under `mode`: the upper / lower
+/// halves ([`Mode::Remainder`]); the nearest half and the rounded rest ([`Mode::Kahan`]); the
+/// nearest half and no buffer (the others).
+pub(crate) fn split_values(dtype: DType, x: &[f32], mode: Mode) -> (Vec<u16>, Vec<u16>) {
+    let (near, back): (fn(f32) -> u16, fn(u16) -> f32) = match dtype {
+        DType::BF16 => (|v| bf16::from_f32(v).to_bits(), |b| bf16::from_bits(b).to_f32()),
+        _ => (|v| f16::from_f32(v).to_bits(), |b| f16::from_bits(b).to_f32()),
+    };
+    match mode {
+        Mode::Remainder => {
+            x.iter().map(|v| ((v.to_bits() >> 16) as u16, v.to_bits() as u16)).unzip()
+        }
+        Mode::Kahan => x
+            .iter()
+            .map(|&v| {
+                let p = near(v);
+                (p, near(v - back(p)))
+            })
+            .unzip(),
+        _ => (x.iter().map(|&v| near(v)).collect(), Vec::new()),
+    }
+}
