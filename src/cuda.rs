@@ -587,7 +587,7 @@ mod tests {
         Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n, ..Ptrs::NONE }
     }
 
-    /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group, 8-word
+    /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group, 12-word
     /// entries then the block map packed two u32 per word, low half first.
     #[test]
     fn table_layout_matches_the_kernel() {
@@ -595,7 +595,11 @@ mod tests {
             (DType::F16, ptrs(0x10_0000, 4097)), // 2 blocks
             (DType::F32, ptrs(0x20_0000, 0)),    // empty: no entry, no block
             (DType::F32, ptrs(0x30_0004, 1)),    // unaligned param
-            (DType::F16, ptrs(0x40_0000, 4096)), // exactly 1 block
+            // exactly 1 block; bf16-style rounding fields: buffer, mode 3 (bits 4-5), stream word
+            (
+                DType::F16,
+                Ptrs { aux: 0x60_0000, mode: 3, key: 0xdead_beef, ..ptrs(0x40_0000, 4096) },
+            ),
             (DType::F32, Ptrs { set: 5, ..ptrs(0x50_0000, 3 * CHUNK + 1) }), // scalar set 5
         ];
         let (w, groups) = build_table(&items).unwrap();
@@ -604,27 +608,59 @@ mod tests {
         let (g32, g16) = (&groups[0], &groups[1]);
         assert_eq!(
             (KINDS[g32.kind].0, g32.blocks, g32.table_word, g32.map_word),
-            (DType::F32, 5, 0, 16)
+            (DType::F32, 5, 0, 24)
         );
         assert_eq!(
-            &w[0..8],
-            &[0x30_0004, 0x30_1004, 0x30_2004, 0x30_3004, 1, 0, 0b00, 2],
+            &w[0..12],
+            &[0x30_0004, 0x30_1004, 0x30_2004, 0x30_3004, 1, 0, 0b00, 2, 0, 0, 0, 0],
             "unaligned entry"
         );
         assert_eq!(
-            &w[8..16],
-            &[0x50_0000, 0x50_1000, 0x50_2000, 0x50_3000, 3 * CHUNK + 1, 1, 5 << 32 | 0b11, 4]
+            &w[12..24],
+            &[
+                0x50_0000,
+                0x50_1000,
+                0x50_2000,
+                0x50_3000,
+                3 * CHUNK + 1,
+                1,
+                5 << 32 | 0b11,
+                4,
+                0,
+                0,
+                0,
+                0
+            ]
         );
         // Block map 0,1,1,1,1 packed as (1<<32|0), (1<<32|1), (0<<32|1).
-        assert_eq!(&w[16..19], &[1 << 32, 1 << 32 | 1, 1]);
+        assert_eq!(&w[24..27], &[1 << 32, 1 << 32 | 1, 1]);
         assert_eq!(
             (KINDS[g16.kind].0, g16.blocks, g16.table_word, g16.map_word),
-            (DType::F16, 3, 19, 35)
+            (DType::F16, 3, 27, 51)
         );
-        assert_eq!(&w[19..27], &[0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, 4097, 0, 0b11, 0]);
-        assert_eq!(&w[27..35], &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3]);
-        assert_eq!(&w[35..37], &[0, 1]); // map 0,0,1
-        assert_eq!(w.len(), 37);
+        assert_eq!(
+            &w[27..39],
+            &[0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, 4097, 0, 0b11, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            &w[39..51],
+            &[
+                0x40_0000,
+                0x40_1000,
+                0x40_2000,
+                0x40_3000,
+                4096,
+                2,
+                3 << 4 | 0b11,
+                3,
+                0x60_0000,
+                0xdead_beef,
+                0,
+                0
+            ]
+        );
+        assert_eq!(&w[51..53], &[0, 1]); // map 0,0,1
+        assert_eq!(w.len(), 53);
         // (item, blocks) per entry: how the per-block partial sums map back to items.
         assert_eq!(
             (&g32.members[..], &g16.members[..]),

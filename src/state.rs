@@ -442,6 +442,24 @@ impl RAdam {
                 bail!("RAdam state: {path:?} has '{VAR}{name}' but no '{}'", m_key(name));
             }
         }
+        // Rounding records and buffers belong to saved variables; a buffer needs its record
+        // and the length of its variable.
+        for name in precs.keys().chain(auxes.keys()) {
+            if !file.contains_key(&m_key(name)) {
+                bail!("RAdam state: {path:?} has a rounding record or buffer for '{name}' but no '{}'", m_key(name));
+            }
+        }
+        for (name, a) in &auxes {
+            let n = file[&m_key(name)].elem_count();
+            match precs.get(name) {
+                Some((mode, _)) if mode.has_aux() && a.len() == n => {}
+                _ => bail!(
+                    "RAdam state: '{AUX}{name}' ({} elements) does not fit its variable ({n} \
+                     elements) or its record '{PREC}{name}' (damaged file?)",
+                    a.len()
+                ),
+            }
+        }
 
         // Which saved variable each slot takes.
         let source: Vec<String> = if self.positional {
