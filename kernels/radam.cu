@@ -96,7 +96,7 @@ template <typename T, typename U>
 __device__ __forceinline__ T bits_as(U x) {
     static_assert(sizeof(T) == sizeof(U), "bit cast between types of one size");
     T t;
-    memcpy(&t, &x, sizeof(T));
+    memcpy(static_cast<void*>(&t), static_cast<const void*>(&x), sizeof(T));
     return t;
 }
 

@@ -29,10 +29,16 @@
 //! mode can be set for a whole model whose norms stay f32. [`Rounding::Remainder`] on an f16
 //! parameter is refused (f16 is not the upper half of an f32).
 //!
-//! Remainder versus Kahan, measured (`tests/precision.rs`, `kahan_loses_to_the_remainder`):
-//! Kahan keeps the lost part of each update in a 16-bit float, so it is itself rounded to 8
-//! (bf16) or 11 (f16) significant bits and the parameter drifts from the f32 trajectory, where
-//! the remainder method follows it bit for bit. See the README's table for the figures.
+//! Remainder versus Kahan, measured (`tests/precision.rs`, `kahan_loses_to_the_remainder`;
+//! deterministic figures, 2026-11-29): Kahan keeps the lost part of each update in a 16-bit
+//! float, itself rounded to 8 (bf16) or 11 (f16) significant bits, so its master value `p + c`
+//! drifts from the f32 trajectory, where the remainder's rebuilt f32 follows it bit for bit.
+//! After 1000 steps on 4096 bf16 elements with hashed gradients, the relative RMS drift of the
+//! master value from the f32 run is **7.2e-5 for Kahan and 0 for the remainder** (constant
+//! gradient 1.0 from 1.0: 1.3e-5 and 0). The bf16 value the model sees is truncated under
+//! `Remainder` (drift 3.1e-3) and rounded to nearest under Kahan (1.5e-3); round to nearest
+//! alone drifts 6.8e-2 (constant gradient: 0.82, the parameter never moves). For f16, Kahan's
+//! master drifts 1.4e-6 (hashed) and 6.5e-7 (constant).
 
 use std::fmt;
 use std::str::FromStr;
