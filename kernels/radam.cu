@@ -126,7 +126,8 @@ __device__ __forceinline__ uint32_t element_bits(uint64_t w, uint64_t i) {
 // Stochastic rounding of x to bf16 bits: 16 random bits added to the low half, then truncated.
 __device__ __forceinline__ uint16_t sr_bf16(float x, uint32_t r) {
     const uint32_t b = bits_as<uint32_t>(x);
-    if ((b & 0x7f800000u) == 0x7f800000u) return bits_as<uint16_t>(__float2bfloat16_rn(x));
+    // inf stays inf; a NaN stays a NaN (quiet bit set: its payload may be in the low half).
+    if ((b & 0x7f800000u) == 0x7f800000u) return (uint16_t)((b >> 16) | ((b & 0x7fffffu) ? 0x40u : 0u));
     return (uint16_t)((b + (r & 0xffffu)) >> 16);
 }
 // Stochastic rounding of x to f16 bits: up with probability (|x| - lo) / (hi - lo), 24 bits.

@@ -219,16 +219,19 @@ impl RAdam {
     /// [`crate::Rounding::Remainder`], the exact f32 rebuilt from the parameter (upper half) and
     /// its remainder (lower half); under [`crate::Rounding::Kahan`], `p + c` (param plus
     /// compensation, in f32); otherwise the parameter converted to f32 (f64 variables: their
-    /// value, rounded to f32). Errors if no variable has that name.
+    /// value, rounded to f32). On the variable's device (computed on the host: one copy each
+    /// way). Errors if no variable has that name.
     pub fn master_weights(&self, name: &str) -> Result<Tensor> {
         let s = self.slot(name)?;
         let p = s.var.as_tensor();
+        let cpu = candle_core::Device::Cpu;
         if !s.aux_mode.has_aux() {
-            return p.to_dtype(candle_core::DType::F32);
+            // Converted on the host: no candle kernel runs on the device.
+            return p.to_device(&cpu)?.to_dtype(candle_core::DType::F32)?.to_device(p.device());
         }
         let bits = half_bits(p)?;
         let x = crate::precision::master_values(p.dtype(), &bits, &s.aux.to_vec()?, s.aux_mode);
-        Tensor::from_vec(x, p.shape(), &candle_core::Device::Cpu)?.to_device(p.device())
+        Tensor::from_vec(x, p.shape(), &cpu)?.to_device(p.device())
     }
 
     /// Sets variable `name` from f32 master values (a tensor of its shape, any float dtype,
@@ -249,9 +252,10 @@ impl RAdam {
                 s.var.dims()
             );
         }
-        let x = values.to_dtype(candle_core::DType::F32)?;
+        // Converted on the host: no candle kernel runs on the device.
+        let x = values.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
         if !s.aux_mode.has_aux() {
-            return s.var.set(&x.to_dtype(s.var.dtype())?);
+            return s.var.set(&x.to_dtype(s.var.dtype())?.to_device(s.var.device())?);
         }
         let flat = x.flatten_all()?.to_vec1::<f32>()?;
         let (p, aux) = crate::precision::split_values(s.var.dtype(), &flat, s.aux_mode);

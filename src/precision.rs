@@ -307,14 +307,19 @@ pub(crate) fn join(hi: u16, lo: u16) -> f32 {
 #[inline(always)]
 pub(crate) fn sr_bf16(x: f32, r: u32) -> u16 {
     let b = x.to_bits();
-    if b & 0x7f80_0000 == 0x7f80_0000 {
-        return bf16::from_f32(x).to_bits(); // inf / NaN: keep (a NaN's payload may be low bits)
-    }
     // Sign-magnitude bits: adding r < 2^16 rounds the magnitude up with probability low / 2^16.
-    ((b + (r & 0xffff)) >> 16) as u16
+    let rounded = ((b + (r & 0xffff)) >> 16) as u16;
+    // inf stays inf; a NaN stays a NaN (quiet bit set: its payload may be in the low half).
+    let kept = (b >> 16) as u16 | if b & 0x007f_ffff != 0 { 0x0040 } else { 0 };
+    if b & 0x7f80_0000 == 0x7f80_0000 {
+        kept
+    } else {
+        rounded
+    } // branch-free selects: the loop vectorizes
 }
 
 /// Stochastic rounding of `x` to f16 bits with random bits `r` (the upper 24 are used).
+#[cfg_attr(not(test), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn sr_f16(x: f32, r: u32) -> u16 {
     let a = x.abs();
@@ -342,11 +347,12 @@ pub(crate) fn sr_f16(x: f32, r: u32) -> u16 {
 }
 
 /// A half type the param side handles.
-pub(crate) trait Half: HalfScalar + Copy + Send + Sync + 'static {
+pub(crate) trait Half: Copy + Send + Sync + 'static {
     fn to_bits(self) -> u16;
     fn from_bits(b: u16) -> Self;
-    /// Stochastic rounding of `x` with random bits `r`.
-    fn stochastic(x: f32, r: u32) -> Self;
+    /// Stochastic rounding ([`sr_bf16`] / [`sr_f16`], the element-wise definitions) over a block (`x.len() == r.len() == p.len() <= BLOCK`), written so
+    /// that it vectorizes; the same bits as the element-wise function.
+    fn stochastic_block(p: &mut [Self], x: &[f32], r: &[u32]);
 }
 
 impl Half for bf16 {
@@ -359,8 +365,12 @@ impl Half for bf16 {
         bf16::from_bits(b)
     }
     #[inline(always)]
-    fn stochastic(x: f32, r: u32) -> Self {
-        bf16::from_bits(sr_bf16(x, r))
+    fn stochastic_block(p: &mut [Self], x: &[f32], r: &[u32]) {
+        let n = p.len();
+        let (x, r) = (&x[..n], &r[..n]);
+        for i in 0..n {
+            p[i] = bf16::from_bits(sr_bf16(x[i], r[i]));
+        }
     }
 }
 
@@ -373,9 +383,39 @@ impl Half for f16 {
     fn from_bits(b: u16) -> Self {
         f16::from_bits(b)
     }
+    /// [`sr_f16`] with its conversions done in bulk (F16C where the CPU has it).
     #[inline(always)]
-    fn stochastic(x: f32, r: u32) -> Self {
-        f16::from_bits(sr_f16(x, r))
+    fn stochastic_block(p: &mut [Self], x: &[f32], r: &[u32]) {
+        let n = p.len();
+        let (x, r) = (&x[..n], &r[..n]);
+        let mut a = [0f32; BLOCK];
+        let mut h = [f16::ZERO; BLOCK];
+        let mut hv = [0f32; BLOCK];
+        let mut lo = [0u16; BLOCK];
+        let mut hi = [0u16; BLOCK];
+        let mut lv = [0f32; BLOCK];
+        let mut uv = [0f32; BLOCK];
+        for i in 0..n {
+            a[i] = x[i].abs();
+        }
+        h[..n].convert_from_f32_slice(&a[..n]); // nearest
+        h[..n].convert_to_f32_slice(&mut hv[..n]);
+        for i in 0..n {
+            let hb = h[i].to_bits();
+            let below = hv[i] < a[i];
+            lo[i] = if below { hb } else { hb.wrapping_sub(1) };
+            hi[i] = if below { hb.wrapping_add(1) } else { hb };
+        }
+        as_halves_mut::<f16>(&mut lo[..n]).convert_to_f32_slice(&mut lv[..n]);
+        as_halves_mut::<f16>(&mut hi[..n]).convert_to_f32_slice(&mut uv[..n]);
+        for i in 0..n {
+            let frac = (a[i] - lv[i]) / (uv[i] - lv[i]);
+            let u = (r[i] >> 8) as f32 * (1.0 / 16_777_216.0);
+            let pick = if u < frac { hi[i] } else { lo[i] };
+            let exact = hv[i] == a[i] || a[i].is_nan();
+            let mag = if exact { h[i].to_bits() } else { pick };
+            p[i] = f16::from_bits(mag | ((x[i].to_bits() >> 16) as u16 & 0x8000));
+        }
     }
 }
 
@@ -427,13 +467,12 @@ pub(crate) fn store_block<H: Half>(
             }
         }
         Mode::Kahan => {
-            let (aux, old) = (&mut aux[..n], &old[..n]);
+            let old = &old[..n];
             let mut y = [0f32; BLOCK];
             let mut s = [0f32; BLOCK];
             let mut c = [0f32; BLOCK];
-            for i in 0..n {
-                c[i] = H::from_bits(aux[i]).to_f32_half();
-            }
+            let aux = as_halves_mut::<H>(&mut aux[..n]);
+            aux.convert_to_f32_slice(&mut c[..n]);
             for i in 0..n {
                 y[i] = c[i] + (x[i] - old[i]);
                 s[i] = old[i] + y[i];
@@ -443,45 +482,25 @@ pub(crate) fn store_block<H: Half>(
             for i in 0..n {
                 c[i] = y[i] - (s[i] - old[i]); // c' before rounding
             }
-            for i in 0..n {
-                aux[i] = H::from_f32_half(c[i]).to_bits();
-            }
+            aux.convert_from_f32_slice(&c[..n]); // c' = round(y - (p' - p))
         }
         Mode::Stochastic => {
             let w = segment_word(st.stream, first);
-            for i in 0..n {
-                p[i] = H::stochastic(x[i], element_bits(w, first + i as u64));
+            let mut r = [0u32; BLOCK];
+            for (i, r) in r[..n].iter_mut().enumerate() {
+                *r = element_bits(w, first + i as u64);
             }
+            H::stochastic_block(p, x, &r[..n]);
         }
     }
 }
 
-/// Nearest-even conversions of one element (the bulk ones are half's slice methods).
-pub(crate) trait HalfScalar {
-    fn to_f32_half(self) -> f32;
-    fn from_f32_half(x: f32) -> Self;
-}
-
-impl HalfScalar for bf16 {
-    #[inline(always)]
-    fn to_f32_half(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn from_f32_half(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-}
-
-impl HalfScalar for f16 {
-    #[inline(always)]
-    fn to_f32_half(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn from_f32_half(x: f32) -> Self {
-        f16::from_f32(x)
-    }
+/// A u16 buffer of param-dtype bits as a slice of that half type.
+#[inline(always)]
+fn as_halves_mut<H: Half>(x: &mut [u16]) -> &mut [H] {
+    // SAFETY: `bf16` and `f16` are `repr(transparent)` over `u16` (same size, alignment and
+    // validity: every bit pattern is a value), and `Half` is implemented for those two only.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<H>(), x.len()) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,5 +596,66 @@ pub(crate) fn split_values(dtype: DType, x: &[f32], mode: Mode) -> (Vec<u16>, Ve
             })
             .unzip(),
         _ => (x.iter().map(|&v| near(v)).collect(), Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix64_is_splitmix64() {
+        // SplitMix64 seeded with 0: first output mix64(0x9e3779b97f4a7c15).
+        assert_eq!(mix64(0x9e37_79b9_7f4a_7c15), 0xe220_a839_7b1d_cdaf);
+    }
+
+    /// The vectorizable block functions give the element-wise definition's bits, on edge values
+    /// (zeros, subnormals, the largest finite, beyond it, inf, NaN, exact halves) and random ones.
+    #[test]
+    fn stochastic_blocks_equal_the_element_definition() {
+        let mut xs = vec![
+            0.0f32,
+            -0.0,
+            1e-8,
+            -3e-7,
+            6.0e-5,
+            65504.0,
+            65510.0,
+            65520.0,
+            1e6,
+            3.4e38,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            1.0,
+            0.999,
+            -0.999,
+        ];
+        let mut h = 12345u32;
+        while xs.len() < BLOCK {
+            h = lowbias32(h);
+            xs.push(f32::from_bits(h) % 70000.0);
+        }
+        for seed in 0..20u64 {
+            let w = segment_word(stream(seed, 3, 4), 0);
+            let r: Vec<u32> = (0..BLOCK as u64).map(|i| element_bits(w, i)).collect();
+            let mut pb = [bf16::ZERO; BLOCK];
+            bf16::stochastic_block(&mut pb, &xs, &r);
+            let mut ph = [f16::ZERO; BLOCK];
+            f16::stochastic_block(&mut ph, &xs, &r);
+            for i in 0..BLOCK {
+                assert_eq!(pb[i].to_bits(), sr_bf16(xs[i], r[i]), "bf16 {}", xs[i]);
+                assert_eq!(ph[i].to_bits(), sr_f16(xs[i], r[i]), "f16 {}", xs[i]);
+                let (b, hf) = (pb[i].to_f32(), ph[i].to_f32());
+                if xs[i].is_nan() {
+                    assert!(b.is_nan() && hf.is_nan());
+                } else if xs[i].abs() <= 65504.0 {
+                    // One of the two neighbours (or the value itself when exact).
+                    assert!((hf as f64 - xs[i] as f64).abs() <= xs[i].abs() as f64 / 1024.0 + 6e-8);
+                }
+            }
+        }
     }
 }
