@@ -313,7 +313,7 @@ fn update_half<H: Half>(
         if kahan {
             old[..n].copy_from_slice(&pf[..n]);
         }
-        g.convert_to_f32_slice(&mut gf[..n]);
+        H::to_f32_block(g, &mut gf);
         dispatch(&mut pf[..n], &gf[..n], m, v, k);
         if store {
             precision::store_block(p, aux, &pf, &old, st, first + (b * HALF_BLOCK) as u64);

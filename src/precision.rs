@@ -277,6 +277,7 @@ pub(crate) fn segment_word(stream: u64, i: u64) -> u64 {
 
 /// 32 uniform random bits for element `i` of the segment whose word is `w`:
 /// `lowbias32(lo32(i) + lo32(w)) ^ hi32(w)`.
+#[cfg_attr(not(test), allow(dead_code))] // the loops inline it with the index split (base + i)
 #[inline(always)]
 pub(crate) fn element_bits(w: u64, i: u64) -> u32 {
     lowbias32((i as u32).wrapping_add(w as u32)) ^ (w >> 32) as u32
@@ -318,6 +319,20 @@ pub(crate) fn sr_bf16(x: f32, r: u32) -> u16 {
     } // branch-free selects: the loop vectorizes
 }
 
+/// `x` rounded to nearest even bf16 bits, branch-free (the same bits as `bf16::from_f32`: a NaN
+/// keeps its upper half with the quiet bit set).
+#[inline(always)]
+pub(crate) fn rne_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = (b >> 16) as u16 | 0x0040;
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    }
+}
+
 /// Stochastic rounding of `x` to f16 bits with random bits `r` (the upper 24 are used).
 #[cfg_attr(not(test), allow(dead_code))]
 #[inline(always)]
@@ -350,9 +365,18 @@ pub(crate) fn sr_f16(x: f32, r: u32) -> u16 {
 pub(crate) trait Half: Copy + Send + Sync + 'static {
     fn to_bits(self) -> u16;
     fn from_bits(b: u16) -> Self;
-    /// Stochastic rounding ([`sr_bf16`] / [`sr_f16`], the element-wise definitions) over a block (`x.len() == r.len() == p.len() <= BLOCK`), written so
+    /// Exact widening of a block to f32 (`out.len() >= x.len()`).
+    fn to_f32_block(x: &[Self], out: &mut [f32]);
+    /// Round to nearest even of a block (`x.len() >= p.len()`).
+    fn nearest_block(p: &mut [Self], x: &[f32]);
+    /// The Kahan store of a block (`n = p.len() <= BLOCK`): `c` (the buffer, param-dtype bits),
+    /// `x` the rule's results, `old` its inputs; `y = c + (x - old)`, `p' = rn(old + y)`,
+    /// `c' = rn(y - (p' - old))`, all in f32.
+    fn kahan_block(p: &mut [Self], c: &mut [u16], x: &[f32], old: &[f32]);
+    /// Stochastic rounding ([`sr_bf16`] / [`sr_f16`], the element-wise definitions) of a block
+    /// with the random bits `lowbias32(base + i) ^ hi` of element `i` ([`element_bits`]) (`x.len() == r.len() == p.len() <= BLOCK`), written so
     /// that it vectorizes; the same bits as the element-wise function.
-    fn stochastic_block(p: &mut [Self], x: &[f32], r: &[u32]);
+    fn stochastic_block(p: &mut [Self], x: &[f32], base: u32, hi: u32);
 }
 
 impl Half for bf16 {
@@ -365,11 +389,42 @@ impl Half for bf16 {
         bf16::from_bits(b)
     }
     #[inline(always)]
-    fn stochastic_block(p: &mut [Self], x: &[f32], r: &[u32]) {
+    fn stochastic_block(p: &mut [Self], x: &[f32], base: u32, hi: u32) {
         let n = p.len();
-        let (x, r) = (&x[..n], &r[..n]);
+        let x = &x[..n];
         for i in 0..n {
-            p[i] = bf16::from_bits(sr_bf16(x[i], r[i]));
+            let r = lowbias32(base.wrapping_add(i as u32)) ^ hi;
+            p[i] = bf16::from_bits(sr_bf16(x[i], r));
+        }
+    }
+    /// A shift (as CUDA's `__bfloat162float`), so it vectorizes.
+    #[inline(always)]
+    fn to_f32_block(x: &[Self], out: &mut [f32]) {
+        let out = &mut out[..x.len()];
+        for i in 0..x.len() {
+            out[i] = f32::from_bits((x[i].to_bits() as u32) << 16);
+        }
+    }
+    /// [`rne_bf16`]: branch-free, so it vectorizes (the same bits as half's conversion).
+    #[inline(always)]
+    fn nearest_block(p: &mut [Self], x: &[f32]) {
+        let n = p.len();
+        let x = &x[..n];
+        for i in 0..n {
+            p[i] = bf16::from_bits(rne_bf16(x[i]));
+        }
+    }
+    /// One fused, branch-free loop (bf16 <-> f32 conversions are shifts and a rounding add).
+    #[inline(always)]
+    fn kahan_block(p: &mut [Self], c: &mut [u16], x: &[f32], old: &[f32]) {
+        let n = p.len();
+        let (c, x, old) = (&mut c[..n], &x[..n], &old[..n]);
+        for i in 0..n {
+            let y = f32::from_bits((c[i] as u32) << 16) + (x[i] - old[i]);
+            let pn = rne_bf16(old[i] + y);
+            let cn = rne_bf16(y - (f32::from_bits((pn as u32) << 16) - old[i]));
+            p[i] = bf16::from_bits(pn);
+            c[i] = cn;
         }
     }
 }
@@ -385,9 +440,9 @@ impl Half for f16 {
     }
     /// [`sr_f16`] with its conversions done in bulk (F16C where the CPU has it).
     #[inline(always)]
-    fn stochastic_block(p: &mut [Self], x: &[f32], r: &[u32]) {
+    fn stochastic_block(p: &mut [Self], x: &[f32], base: u32, top: u32) {
         let n = p.len();
-        let (x, r) = (&x[..n], &r[..n]);
+        let x = &x[..n];
         let mut a = [0f32; BLOCK];
         let mut h = [f16::ZERO; BLOCK];
         let mut hv = [0f32; BLOCK];
@@ -410,12 +465,45 @@ impl Half for f16 {
         as_halves_mut::<f16>(&mut hi[..n]).convert_to_f32_slice(&mut uv[..n]);
         for i in 0..n {
             let frac = (a[i] - lv[i]) / (uv[i] - lv[i]);
-            let u = (r[i] >> 8) as f32 * (1.0 / 16_777_216.0);
+            let r = lowbias32(base.wrapping_add(i as u32)) ^ top;
+            let u = (r >> 8) as f32 * (1.0 / 16_777_216.0);
             let pick = if u < frac { hi[i] } else { lo[i] };
             let exact = hv[i] == a[i] || a[i].is_nan();
             let mag = if exact { h[i].to_bits() } else { pick };
             p[i] = f16::from_bits(mag | ((x[i].to_bits() >> 16) as u16 & 0x8000));
         }
+    }
+    /// half's bulk conversion (F16C where the CPU has it).
+    #[inline(always)]
+    fn to_f32_block(x: &[Self], out: &mut [f32]) {
+        x.convert_to_f32_slice(&mut out[..x.len()]);
+    }
+    /// half's bulk conversion (F16C where the CPU has it).
+    #[inline(always)]
+    fn nearest_block(p: &mut [Self], x: &[f32]) {
+        let n = p.len();
+        p.convert_from_f32_slice(&x[..n]);
+    }
+    /// Bulk conversions (F16C where the CPU has it) around the f32 arithmetic.
+    #[inline(always)]
+    fn kahan_block(p: &mut [Self], c: &mut [u16], x: &[f32], old: &[f32]) {
+        let n = p.len();
+        let (x, old) = (&x[..n], &old[..n]);
+        let mut y = [0f32; BLOCK];
+        let mut s = [0f32; BLOCK];
+        let mut cf = [0f32; BLOCK];
+        let c = as_halves_mut::<f16>(&mut c[..n]);
+        c.convert_to_f32_slice(&mut cf[..n]);
+        for i in 0..n {
+            y[i] = cf[i] + (x[i] - old[i]);
+            s[i] = old[i] + y[i];
+        }
+        p.convert_from_f32_slice(&s[..n]); // p' = round(p + y)
+        p.convert_to_f32_slice(&mut s[..n]); // p' in f32 (exact)
+        for i in 0..n {
+            cf[i] = y[i] - (s[i] - old[i]); // c' before rounding
+        }
+        c.convert_from_f32_slice(&cf[..n]);
     }
 }
 
@@ -436,7 +524,7 @@ where
             out[i] = join(p[i].to_bits(), aux[i]);
         }
     } else {
-        p.convert_to_f32_slice(&mut out[..n]);
+        H::to_f32_block(p, out);
     }
 }
 
@@ -457,7 +545,7 @@ pub(crate) fn store_block<H: Half>(
     let n = p.len();
     let x = &x[..n];
     match st.mode {
-        Mode::Nearest => p.convert_from_f32_slice(x),
+        Mode::Nearest => H::nearest_block(p, x),
         Mode::Remainder => {
             let aux = &mut aux[..n];
             for i in 0..n {
@@ -466,31 +554,12 @@ pub(crate) fn store_block<H: Half>(
                 aux[i] = b as u16;
             }
         }
-        Mode::Kahan => {
-            let old = &old[..n];
-            let mut y = [0f32; BLOCK];
-            let mut s = [0f32; BLOCK];
-            let mut c = [0f32; BLOCK];
-            let aux = as_halves_mut::<H>(&mut aux[..n]);
-            aux.convert_to_f32_slice(&mut c[..n]);
-            for i in 0..n {
-                y[i] = c[i] + (x[i] - old[i]);
-                s[i] = old[i] + y[i];
-            }
-            p.convert_from_f32_slice(&s[..n]); // p' = round(p + y)
-            p.convert_to_f32_slice(&mut s[..n]); // p' in f32 (exact)
-            for i in 0..n {
-                c[i] = y[i] - (s[i] - old[i]); // c' before rounding
-            }
-            aux.convert_from_f32_slice(&c[..n]); // c' = round(y - (p' - p))
-        }
+        Mode::Kahan => H::kahan_block(p, &mut aux[..n], x, &old[..n]),
         Mode::Stochastic => {
             let w = segment_word(st.stream, first);
-            let mut r = [0u32; BLOCK];
-            for (i, r) in r[..n].iter_mut().enumerate() {
-                *r = element_bits(w, first + i as u64);
-            }
-            H::stochastic_block(p, x, &r[..n]);
+            // element_bits(w, first + i) = lowbias32(lo32(first + i) + lo32(w)) ^ hi32(w)
+            let base = (first as u32).wrapping_add(w as u32);
+            H::stochastic_block(p, x, base, (w >> 32) as u32);
         }
     }
 }
@@ -642,12 +711,13 @@ mod tests {
             let w = segment_word(stream(seed, 3, 4), 0);
             let r: Vec<u32> = (0..BLOCK as u64).map(|i| element_bits(w, i)).collect();
             let mut pb = [bf16::ZERO; BLOCK];
-            bf16::stochastic_block(&mut pb, &xs, &r);
+            bf16::stochastic_block(&mut pb, &xs, w as u32, (w >> 32) as u32);
             let mut ph = [f16::ZERO; BLOCK];
-            f16::stochastic_block(&mut ph, &xs, &r);
+            f16::stochastic_block(&mut ph, &xs, w as u32, (w >> 32) as u32);
             for i in 0..BLOCK {
                 assert_eq!(pb[i].to_bits(), sr_bf16(xs[i], r[i]), "bf16 {}", xs[i]);
                 assert_eq!(ph[i].to_bits(), sr_f16(xs[i], r[i]), "f16 {}", xs[i]);
+                assert_eq!(rne_bf16(xs[i]), bf16::from_f32(xs[i]).to_bits(), "rne {}", xs[i]);
                 let (b, hf) = (pb[i].to_f32(), ph[i].to_f32());
                 if xs[i].is_nan() {
                     assert!(b.is_nan() && hf.is_nan());
