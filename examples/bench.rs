@@ -334,7 +334,7 @@ fn bench_rounding(
         };
         opts.push(RAdam::new_named(named.to_vec(), p)?.with_groups(groups.clone())?);
     }
-    let mut probes = vec![CopyProbe::new(dev, 22 * n)?, CopyProbe::new(dev, 26 * n)?];
+    let mut probes = [CopyProbe::new(dev, 22 * n)?, CopyProbe::new(dev, 26 * n)?];
     for o in opts.iter_mut() {
         o.step(grads)?;
     }

@@ -631,17 +631,31 @@ impl Aux {
     }
 }
 
+/// The f32 value of f16 / bf16 bits (`dtype` F16 or BF16).
+fn half_value(dtype: DType, b: u16) -> f32 {
+    match dtype {
+        DType::BF16 => f32::from_bits((b as u32) << 16),
+        _ => f16::from_bits(b).to_f32(),
+    }
+}
+
+/// `x` rounded to nearest even f16 / bf16 bits.
+fn half_nearest(dtype: DType, x: f32) -> u16 {
+    match dtype {
+        DType::BF16 => rne_bf16(x),
+        _ => f16::from_f32(x).to_bits(),
+    }
+}
+
 /// The f32 values of a half parameter's bits under its buffer: the joined master value
 /// ([`Mode::Remainder`]), `p + c` ([`Mode::Kahan`]), else `p`.
 pub(crate) fn master_values(dtype: DType, p: &[u16], aux: &[u16], mode: Mode) -> Vec<f32> {
-    let to_f32 = |b: u16| match dtype {
-        DType::BF16 => bf16::from_bits(b).to_f32(),
-        _ => f16::from_bits(b).to_f32(),
-    };
     match mode {
         Mode::Remainder => p.iter().zip(aux).map(|(&h, &l)| join(h, l)).collect(),
-        Mode::Kahan => p.iter().zip(aux).map(|(&h, &c)| to_f32(h) + to_f32(c)).collect(),
-        _ => p.iter().map(|&h| to_f32(h)).collect(),
+        Mode::Kahan => {
+            p.iter().zip(aux).map(|(&h, &c)| half_value(dtype, h) + half_value(dtype, c)).collect()
+        }
+        _ => p.iter().map(|&h| half_value(dtype, h)).collect(),
     }
 }
 
@@ -649,10 +663,6 @@ pub(crate) fn master_values(dtype: DType, p: &[u16], aux: &[u16], mode: Mode) ->
 /// halves ([`Mode::Remainder`]); the nearest half and the rounded rest ([`Mode::Kahan`]); the
 /// nearest half and no buffer (the others).
 pub(crate) fn split_values(dtype: DType, x: &[f32], mode: Mode) -> (Vec<u16>, Vec<u16>) {
-    let (near, back): (fn(f32) -> u16, fn(u16) -> f32) = match dtype {
-        DType::BF16 => (|v| bf16::from_f32(v).to_bits(), |b| bf16::from_bits(b).to_f32()),
-        _ => (|v| f16::from_f32(v).to_bits(), |b| f16::from_bits(b).to_f32()),
-    };
     match mode {
         Mode::Remainder => {
             x.iter().map(|v| ((v.to_bits() >> 16) as u16, v.to_bits() as u16)).unzip()
@@ -660,11 +670,11 @@ pub(crate) fn split_values(dtype: DType, x: &[f32], mode: Mode) -> (Vec<u16>, Ve
         Mode::Kahan => x
             .iter()
             .map(|&v| {
-                let p = near(v);
-                (p, near(v - back(p)))
+                let p = half_nearest(dtype, v);
+                (p, half_nearest(dtype, v - half_value(dtype, p)))
             })
             .unzip(),
-        _ => (x.iter().map(|&v| near(v)).collect(), Vec::new()),
+        _ => (x.iter().map(|&v| half_nearest(dtype, v)).collect(), Vec::new()),
     }
 }
 

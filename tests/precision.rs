@@ -370,7 +370,20 @@ fn buffers_start_at_zero_when_the_file_has_none_and_are_reported() {
         report.rounding_changes,
         ["1 variable(s): saved remainder buffer dropped (the variable is updated with nearest now)"]
     );
+    // A file from before rounding modes (no rounding records): buffers start at zero, reported.
+    let w = save(Rounding::Nearest);
+    let mut file = candle_core::safetensors::load(&path, &dev).unwrap();
+    file.remove("radam.prec.w");
+    candle_core::safetensors::save(&file, &path).unwrap();
+    let (_, mut o) = one(&w, params(Rounding::Kahan)).unwrap();
+    let report = o.load_state(&path).unwrap();
+    assert_eq!(
+        report.rounding_changes,
+        ["1 variable(s): kahan buffer starts at zero (none saved)"]
+    );
+    assert_eq!(o.var_step_count("w"), Some(8));
     // The buffer in the file is the u16 remainder as i16 bits.
+    let _ = save(Rounding::Remainder);
     let file = candle_core::safetensors::load(&path, &dev).unwrap();
     assert_eq!(file["radam.aux.w"].dtype(), DType::I16);
     assert_eq!(file["radam.prec.w"].to_vec1::<i64>().unwrap()[0], 1);
