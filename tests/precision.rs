@@ -513,3 +513,18 @@ fn kahan_loses_to_the_remainder() {
         }
     }
 }
+
+/// `Rounding` plugs into a clap option as the README says (`FromStr`).
+#[test]
+fn rounding_is_a_clap_value() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[arg(long, default_value = "nearest", value_parser = clap::value_parser!(Rounding))]
+        rounding: Rounding,
+    }
+    let cli = Cli::try_parse_from(["x", "--rounding", "stochastic:3"]).unwrap();
+    assert_eq!(cli.rounding, Rounding::Stochastic { seed: 3 });
+    assert_eq!(Cli::try_parse_from(["x"]).unwrap().rounding, Rounding::Nearest);
+    assert!(Cli::try_parse_from(["x", "--rounding", "truncate"]).is_err());
+}
