@@ -46,8 +46,9 @@ use std::str::FromStr;
 use candle_core::{bail, DType, Result};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
-/// How the f32 update of an f16 / bf16 parameter is written back (see the [module docs]
-/// (self) for the memory each takes and when to use which). f32 and f64 parameters ignore it.
+/// How the f32 update of an f16 / bf16 parameter is written back (see the [module
+/// docs](self) for the memory each takes and when to use which). f32 and f64 parameters
+/// ignore it.
 ///
 /// Parses from and prints as `nearest`, `remainder`, `kahan`, `stochastic` (seed 0) or
 /// `stochastic:SEED` (for command lines: `--rounding remainder`).
@@ -91,8 +92,14 @@ pub enum Rounding {
     /// neighbouring half values, up with probability proportional to its distance from the lower
     /// one, so the rounding is unbiased (`E[round(x)] = x`). The random bits come from a
     /// counter-based hash of (`seed`, the variable's key, its step `t`, the element index)
-    /// ([`stream`], [`element_bits`]), not a stateful generator: CPU and CUDA give the same bits
-    /// and a resumed run continues the same stream. bf16: 16 random bits added to the low half
+    /// (`s = mix64(mix64(mix64(seed) ^ key) ^ t)` with SplitMix64's mix, then for element `i`
+    /// `lowbias32(lo32(i) + lo32(w)) ^ hi32(w)` with `w = mix64(s ^ (i >> 32))` and Wellons'
+    /// `lowbias32`), not a stateful generator: CPU and CUDA give the same bits
+    /// and a resumed run continues the same stream. `t` is the variable's own step count; its
+    /// key is the FNV-1a 64 hash of its name when the optimizer is built (`param.0`, ... for
+    /// [`crate::RAdam::new`]), saved with the state and restored from it, so a resumed run
+    /// continues each variable's stream even when a positional optimizer gets its variables in
+    /// another order. bf16: 16 random bits added to the low half
     /// of the f32 bits, then truncated (as torchao's / Gupta et al. 2015's stochastic rounding);
     /// f16: the upper neighbour is taken when 24 random bits, as a fraction of 1, fall below the
     /// distance fraction. Non-finite values round to nearest; values beyond the largest finite
