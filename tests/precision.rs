@@ -146,9 +146,153 @@ struct Case {
     hp: Hp,
 }
 
+/// A golden case with several variables, parameter groups and missing gradients.
+#[derive(Deserialize)]
+struct MultiCase {
+    name: String,
+    dtype: String,
+    vars: Vec<MultiVar>,
+    steps: u64,
+    hp: Hp,
+    groups: Vec<MultiGroup>,
+    grads: std::collections::HashMap<String, Vec<u64>>,
+    grad_scale: f32,
+    grad_offset: f32,
+}
+
+#[derive(Deserialize)]
+struct MultiVar {
+    name: String,
+    n: usize,
+    seed: Option<u64>,
+    init: Option<f32>,
+    grad: Option<f32>,
+}
+
+#[derive(Deserialize)]
+struct MultiGroup {
+    name: String,
+    vars: Vec<String>,
+    lr_scale: Option<f64>,
+    beta1: Option<f64>,
+    beta2: Option<f64>,
+    eps: Option<f64>,
+    weight_decay: Option<f64>,
+}
+
 #[derive(Deserialize)]
 struct Cases {
     cases: Vec<Case>,
+    multi_cases: Vec<MultiCase>,
+}
+
+impl Hp {
+    fn params(&self, rounding: Rounding) -> ParamsRAdam {
+        ParamsRAdam {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+            degenerate_to_sgd: self.degenerate_to_sgd,
+            rectify: self.rectify,
+            rounding,
+            ..Default::default()
+        }
+    }
+}
+
+fn golden_cases() -> Cases {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+    serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap()).unwrap()
+}
+
+/// The multi-variable f32 golden cases (groups, gradients missing on some steps): the bf16 +
+/// remainder run rebuilds the f32 run's values bit for bit, every variable after every step.
+#[test]
+fn remainder_matches_f32_on_every_multi_variable_golden_case() {
+    let dev = Device::Cpu;
+    let cases = golden_cases();
+    let mut ran = 0;
+    for c in cases.multi_cases.iter().filter(|c| c.dtype == "f32") {
+        let value = |v: &MultiVar, t: u64| -> Tensor {
+            match (v.seed, v.init, v.grad) {
+                (Some(seed), _, _) => {
+                    let (scale, offset) =
+                        if t == 0 { (1.0, 0.0) } else { (c.grad_scale, c.grad_offset) };
+                    hash_tensor(v.n, seed, t, DType::F32, scale, offset, &dev).unwrap()
+                }
+                (None, Some(init), Some(grad)) => {
+                    Tensor::full(if t == 0 { init } else { grad }, v.n, &dev).unwrap()
+                }
+                _ => panic!("{}: var {} has neither seed nor init/grad", c.name, v.name),
+            }
+        };
+        let groups = || -> Vec<ParamGroup> {
+            c.groups
+                .iter()
+                .map(|g| {
+                    let mut pg = ParamGroup::names(&g.name, &g.vars);
+                    pg.lr_scale = g.lr_scale;
+                    pg.beta1 = g.beta1;
+                    pg.beta2 = g.beta2;
+                    pg.eps = g.eps;
+                    pg.weight_decay = g.weight_decay;
+                    pg
+                })
+                .collect()
+        };
+        let v32: Vec<(String, Var)> = c
+            .vars
+            .iter()
+            .map(|v| (v.name.clone(), Var::from_tensor(&value(v, 0)).unwrap()))
+            .collect();
+        let v16: Vec<(String, Var)> = c
+            .vars
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    Var::from_tensor(&value(v, 0).to_dtype(DType::BF16).unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        let mut o32 = RAdam::new_named(v32.clone(), c.hp.params(Rounding::Nearest))
+            .unwrap()
+            .with_groups(groups())
+            .unwrap();
+        let mut o16 = RAdam::new_named(v16.clone(), c.hp.params(Rounding::Remainder))
+            .unwrap()
+            .with_groups(groups())
+            .unwrap();
+        for v in &c.vars {
+            o16.set_master_weights(&v.name, &value(v, 0)).unwrap();
+        }
+        let has_grad = |name: &str, t: u64| c.grads.get(name).is_none_or(|s| s.contains(&t));
+        for t in 1..=c.steps {
+            let (mut g32, mut g16) = (GradStore::default(), GradStore::default());
+            for (v, ((name, a), (_, b))) in c.vars.iter().zip(v32.iter().zip(&v16)) {
+                if has_grad(name, t) {
+                    let g = value(v, t).to_dtype(DType::BF16).unwrap();
+                    g32.insert(a, g.to_dtype(DType::F32).unwrap());
+                    g16.insert(b, g);
+                }
+            }
+            o32.step(&g32).unwrap();
+            o16.step(&g16).unwrap();
+            for (name, a) in &v32 {
+                assert_eq!(
+                    bits(&o16.master_weights(name).unwrap()),
+                    bits(a.as_tensor()),
+                    "{} {name} step {t}",
+                    c.name
+                );
+            }
+        }
+        ran += 1;
+    }
+    assert!(ran >= 5, "only {ran} multi-variable f32 golden cases");
 }
 
 /// On every f32 golden case: a bf16 + remainder run started from the case's f32 values
@@ -156,24 +300,11 @@ struct Cases {
 /// the f32 values of an f32 run fed the same (rounded) gradients.
 #[test]
 fn remainder_matches_f32_on_every_f32_golden_case() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    let cases: Cases =
-        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap())
-            .unwrap();
+    let cases = golden_cases();
     let dev = Device::Cpu;
     let mut ran = 0;
     for c in cases.cases.iter().filter(|c| c.dtype == "f32") {
-        let p = ParamsRAdam {
-            lr: c.hp.lr,
-            beta1: c.hp.beta1,
-            beta2: c.hp.beta2,
-            eps: c.hp.eps,
-            weight_decay: c.hp.weight_decay,
-            decoupled_weight_decay: c.hp.decoupled_weight_decay,
-            degenerate_to_sgd: c.hp.degenerate_to_sgd,
-            rectify: c.hp.rectify,
-            ..Default::default()
-        };
+        let p = c.hp.params(Rounding::Nearest);
         let init = hash_tensor(c.n, c.seed, 0, DType::F32, 1.0, 0.0, &dev).unwrap();
         let (v32, mut o32) = one(&init, p.clone()).unwrap();
         let (v16, mut o16) = one(
