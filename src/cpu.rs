@@ -306,9 +306,7 @@ fn update_half<H: Half>(
         .enumerate()
     {
         let n = p.len();
-        let len = aux.len();
-        let lo = (b * HALF_BLOCK).min(len);
-        let aux = &mut aux[lo..(lo + n).min(len)];
+        let aux = precision::aux_range(aux, b * HALF_BLOCK, n);
         precision::load_block(p, aux, st.mode, &mut pf);
         if kahan {
             old[..n].copy_from_slice(&pf[..n]);
@@ -390,12 +388,7 @@ fn par_update<T: Element>(
     if p.len() <= CHUNK {
         update_chunk(p, g, m, v, k, aux, st, 0);
     } else {
-        let chunks = p.len().div_ceil(CHUNK);
-        let aux: Vec<&mut [u16]> = if aux.is_empty() {
-            (0..chunks).map(|_| <&mut [u16]>::default()).collect()
-        } else {
-            aux.chunks_mut(CHUNK).collect()
-        };
+        let aux = precision::aux_chunks(aux, p.len().div_ceil(CHUNK), CHUNK);
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))

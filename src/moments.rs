@@ -174,7 +174,7 @@ pub(crate) fn cpu_step(
 ) -> candle_core::Result<()> {
     match moments {
         Moments::Cpu(m) => crate::cpu::step(param, grad, m, k, aux, st),
-        Moments::Cpu8(q) => crate::cpu8::step(param, grad, q, k),
+        Moments::Cpu8(q) => crate::cpu8::step(param, grad, q, k, aux, st),
         #[cfg(feature = "cuda")]
         Moments::Cuda(_) => bail!("RAdam: CUDA moments in the CPU step"),
     }

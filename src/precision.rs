@@ -517,6 +517,25 @@ impl Half for f16 {
 /// Elements of one block (the caller's stack buffers hold this many f32).
 pub(crate) const BLOCK: usize = 256;
 
+/// The buffer of the `n` elements from `lo` of a param whose buffer is `aux` (empty when its
+/// mode has none: then empty too).
+#[inline(always)]
+pub(crate) fn aux_range(aux: &mut [u16], lo: usize, n: usize) -> &mut [u16] {
+    let len = aux.len();
+    let lo = lo.min(len);
+    &mut aux[lo..(lo + n).min(len)]
+}
+
+/// `aux` cut in `chunks` pieces of `chunk` elements, one per rayon task of a param of that many
+/// chunks (empty pieces when `aux` is empty: its mode has no buffer).
+pub(crate) fn aux_chunks(aux: &mut [u16], chunks: usize, chunk: usize) -> Vec<&mut [u16]> {
+    if aux.is_empty() {
+        (0..chunks).map(|_| <&mut [u16]>::default()).collect()
+    } else {
+        aux.chunks_mut(chunk).collect()
+    }
+}
+
 /// Loads a block of half params to f32 in `out[..p.len()]`: with [`Mode::Remainder`] the f32
 /// master value rebuilt from `aux` (the low halves), else the param's value (exact).
 #[inline(always)]

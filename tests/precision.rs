@@ -1,17 +1,21 @@
 //! f16 / bf16 parameter update modes ([`Rounding`]): the constant-gradient inputs for
 //! every mode, the remainder method against f32 on every f32 golden case, stochastic rounding's
-//! statistics and stream, state save / load of the buffers, validation.
+//! statistics and stream, state save / load of the buffers, validation; every mode with 8-bit
+//! optimizer state ([`StateFormat`]) too.
 
 mod common;
 
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use candle_nn::Optimizer;
-use candle_radam::{ParamGroup, ParamsRAdam, RAdam, Rounding};
+use candle_radam::{ParamGroup, ParamsRAdam, RAdam, Rounding, StateFormat};
 use common::{bits, hash_tensor};
 use serde::Deserialize;
 
 const MODES: [Rounding; 4] =
     [Rounding::Nearest, Rounding::Remainder, Rounding::Kahan, Rounding::Stochastic { seed: 7 }];
+
+/// Full moments, and 8-bit moments for every variable (no size threshold).
+const FORMATS: [StateFormat; 2] = [StateFormat::Full, StateFormat::Blockwise8 { min_elements: 1 }];
 
 fn params(r: Rounding) -> ParamsRAdam {
     ParamsRAdam { rounding: r, ..Default::default() }
@@ -297,21 +301,27 @@ fn remainder_matches_f32_on_every_multi_variable_golden_case() {
 
 /// On every f32 golden case: a bf16 + remainder run started from the case's f32 values
 /// (`set_master_weights`) and fed its gradients rounded to bf16 rebuilds, at every step, exactly
-/// the f32 values of an f32 run fed the same (rounded) gradients.
+/// the f32 values of an f32 run fed the same (rounded) gradients; with full moments and with
+/// 8-bit moments on both sides (the 8-bit pass runs the same f32 rule on the rebuilt value).
 #[test]
 fn remainder_matches_f32_on_every_f32_golden_case() {
     let cases = golden_cases();
     let dev = Device::Cpu;
     let mut ran = 0;
-    for c in cases.cases.iter().filter(|c| c.dtype == "f32") {
+    for (c, format) in
+        cases.cases.iter().filter(|c| c.dtype == "f32").flat_map(|c| FORMATS.map(|f| (c, f)))
+    {
         let p = c.hp.params(Rounding::Nearest);
         let init = hash_tensor(c.n, c.seed, 0, DType::F32, 1.0, 0.0, &dev).unwrap();
-        let (v32, mut o32) = one(&init, p.clone()).unwrap();
-        let (v16, mut o16) = one(
+        let (v32, o32) = one(&init, p.clone()).unwrap();
+        let mut o32 = o32.with_state_format(format).unwrap();
+        let (v16, o16) = one(
             &init.to_dtype(DType::BF16).unwrap(),
             ParamsRAdam { rounding: Rounding::Remainder, ..p },
         )
         .unwrap();
+        let mut o16 = o16.with_state_format(format).unwrap();
+        assert_eq!(o16.var_state("w").unwrap().1, format.quantizes(c.n));
         o16.set_master_weights("w", &init).unwrap();
         assert_eq!(bits(&o16.master_weights("w").unwrap()), bits(&init), "{}: start", c.name);
         for t in 1..=c.steps {
@@ -324,13 +334,13 @@ fn remainder_matches_f32_on_every_f32_golden_case() {
             assert_eq!(
                 bits(&o16.master_weights("w").unwrap()),
                 bits(v32.as_tensor()),
-                "{} step {t}",
+                "{} {format:?} step {t}",
                 c.name
             );
         }
         ran += 1;
     }
-    assert!(ran >= 12, "only {ran} f32 golden cases");
+    assert!(ran >= 2 * 12, "only {ran} f32 golden cases x formats");
 }
 
 /// Stochastic rounding is unbiased: one SGD step from 1.0 (`p = 1 - lr = 0.999` in f32, between
@@ -376,37 +386,87 @@ fn hashed_steps(opt: &mut RAdam, var: &Var, from: u64, to: u64) {
 
 /// Saving after 7 steps and resuming in a fresh optimizer gives, after 20 steps, the same bits
 /// as an uninterrupted run, for every mode and half dtype (buffers and stochastic stream
-/// included), and the state round trip keeps the buffer bit for bit.
+/// included), with full and with 8-bit moments (the file then holds the codes, the absmax and
+/// the buffer), and the state round trip keeps the buffer bit for bit.
 #[test]
 fn resumed_runs_equal_uninterrupted_ones() {
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
+    for (dtype, r, format) in [DType::BF16, DType::F16]
+        .into_iter()
+        .flat_map(|d| MODES.map(|r| (d, r)))
+        .flat_map(|(d, r)| FORMATS.map(|f| (d, r, f)))
+    {
+        if r == Rounding::Remainder && dtype == DType::F16 {
+            continue;
+        }
+        {
+            let opt = |x: &Tensor| {
+                let (v, o) = one(x, params(r)).unwrap();
+                (v, o.with_state_format(format).unwrap())
+            };
+            let init = hash_tensor(70001, 2, 0, dtype, 1.0, 0.0, &dev).unwrap();
+            let (va, mut a) = opt(&init);
+            hashed_steps(&mut a, &va, 1, 20);
+            let (vb, mut b) = opt(&init);
+            hashed_steps(&mut b, &vb, 1, 7);
+            let path = dir.path().join("s.safetensors");
+            b.save_state(&path).unwrap();
+            let file = candle_core::safetensors::load(&path, &dev).unwrap();
+            let eight = format != StateFormat::Full;
+            assert_eq!(file.contains_key("exp_avg_q8.w"), eight, "{dtype:?} {r} {format:?}");
+            assert_eq!(file.contains_key("exp_avg.w"), !eight, "{dtype:?} {r} {format:?}");
+            assert_eq!(file.contains_key("radam.aux.w"), r.extra_bytes_per_param() > 0);
+            let master = b.master_weights("w").unwrap();
+            let (vc, mut c) = opt(&vb.as_tensor().copy().unwrap());
+            let report = c.load_state(&path).unwrap();
+            let what = format!("{dtype:?} {r} {format:?}");
+            assert!(report.is_clean(), "{what}: {report}");
+            assert_eq!(bits(&c.master_weights("w").unwrap()), bits(&master), "{what}");
+            hashed_steps(&mut c, &vc, 8, 20);
+            assert_eq!(bits(vc.as_tensor()), bits(va.as_tensor()), "{what}: param");
+            assert_eq!(
+                bits(&c.master_weights("w").unwrap()),
+                bits(&a.master_weights("w").unwrap()),
+                "{what}: master"
+            );
+        }
+    }
+}
+
+/// The 8-bit pass stores the param exactly as the f32-state pass: from zero moments the first
+/// step computes the same f32 moments in both formats (the quantization comes after the update),
+/// so after it the params and buffers (`master_weights`) agree bit for bit, for every mode and
+/// half dtype, on a variable over several rayon tasks of both passes (the stochastic stream's
+/// element index included) with a partial last block; and the step moved the params.
+#[test]
+fn eight_bit_state_stores_params_as_the_full_state_pass() {
+    let dev = Device::Cpu;
     for dtype in [DType::BF16, DType::F16] {
         for r in MODES {
             if r == Rounding::Remainder && dtype == DType::F16 {
                 continue;
             }
-            let init = hash_tensor(70001, 2, 0, dtype, 1.0, 0.0, &dev).unwrap();
-            let (va, mut a) = one(&init, params(r)).unwrap();
-            hashed_steps(&mut a, &va, 1, 20);
-            let (vb, mut b) = one(&init, params(r)).unwrap();
-            hashed_steps(&mut b, &vb, 1, 7);
-            let path = dir.path().join("s.safetensors");
-            b.save_state(&path).unwrap();
-            let master = b.master_weights("w").unwrap();
-            let weights = vb.as_tensor().copy().unwrap();
-            let vc = Var::from_tensor(&weights).unwrap();
-            let mut c = RAdam::new_named(vec![("w".into(), vc.clone())], params(r)).unwrap();
-            let report = c.load_state(&path).unwrap();
-            assert!(report.is_clean(), "{dtype:?} {r}: {report}");
-            assert_eq!(bits(&c.master_weights("w").unwrap()), bits(&master), "{dtype:?} {r}");
-            hashed_steps(&mut c, &vc, 8, 20);
-            assert_eq!(bits(vc.as_tensor()), bits(va.as_tensor()), "{dtype:?} {r}: param");
-            assert_eq!(
-                bits(&c.master_weights("w").unwrap()),
-                bits(&a.master_weights("w").unwrap()),
-                "{dtype:?} {r}: master"
-            );
+            let init = hash_tensor(70001, 3, 0, dtype, 1.0, 0.0, &dev).unwrap();
+            let g = hash_tensor(70001, 3, 1, dtype, 1.0, 0.1, &dev).unwrap();
+            let run = |format| {
+                let (v, o) = one(&init, ParamsRAdam { lr: 1e-2, ..params(r) }).unwrap();
+                let mut o = o.with_state_format(format).unwrap();
+                if r == Rounding::Remainder || r == Rounding::Kahan {
+                    // A non-zero buffer to start from: the master values of a perturbed param.
+                    let x = init.to_dtype(DType::F32).unwrap().affine(1.0 + 1e-3, 1e-4).unwrap();
+                    o.set_master_weights("w", &x).unwrap();
+                }
+                let before = bits(&o.master_weights("w").unwrap());
+                o.step(&grads_of(&v, &g)).unwrap();
+                (bits(v.as_tensor()), bits(&o.master_weights("w").unwrap()), before)
+            };
+            let (full, eight) = (run(FORMATS[0]), run(FORMATS[1]));
+            let diff = |a: &[u64], b: &[u64]| (0..a.len()).find(|&i| a[i] != b[i]);
+            assert_eq!(diff(&full.0, &eight.0), None, "{dtype:?} {r}: first differing param");
+            assert_eq!(diff(&full.1, &eight.1), None, "{dtype:?} {r}: first differing master");
+            let moved = full.1.iter().zip(&full.2).filter(|(a, b)| a != b).count();
+            assert!(moved > 35000, "{dtype:?} {r}: only {moved} master values moved");
         }
     }
 }
