@@ -462,9 +462,11 @@ RADAM_CHECK_ENTRY(radam_check_b64, uint64_t, 0x7ff0000000000000ull)        // f6
 //
 // One loop iteration of a CUDA block covers exactly one quantization block, thread i element i
 // (chunks are RADAM_CHUNK = 16 quantization blocks, so they never split one): dequantize
-// (map[code] * absmax), radam_elem (the f32 rule, unchanged), block max-reduce of |m| and |v|
+// (map[code] * absmax), load the param (ParamIO<P>, with its rounding buffer, as radam_mt),
+// radam_elem (the f32 rule, unchanged), block max-reduce of |m| and |v|
 // (warp shuffles, then one value per warp in shared memory; NaN sticky), quantize against the
-// new absmax (x / absmax, binary search, ties to the lower code: radam8_code), store. Bit for bit
+// new absmax (x / absmax, binary search, ties to the lower code: radam8_code), store (the param
+// through ParamIO<P>::store under the entry's rounding mode, as radam_mt). Bit for bit
 // the CPU pass: the same f32 operations in the same order (-fmad=false, IEEE division and sqrt).
 
 #define RADAM_Q8_BLOCK RADAM_THREADS
@@ -506,8 +508,13 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
     uint8_t* __restrict__ vc = reinterpret_cast<uint8_t*>(e.v);
     float* __restrict__ ma = reinterpret_cast<float*>(e.m_absmax);
     float* __restrict__ va = reinterpret_cast<float*>(e.v_absmax);
+    uint16_t* __restrict__ aux = reinterpret_cast<uint16_t*>(e.aux);
+    const int mode = (int)((e.flags >> 4) & 3u);
+    // Only 16-bit params have a buffer (remainder, Kahan); only they get a mode other than 0.
+    const bool has_aux = sizeof(P) == 2 && (mode == MODE_REMAINDER || mode == MODE_KAHAN);
     const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
     const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    const uint64_t w = mode == MODE_STOCHASTIC ? segment_word(e.key, start) : 0;
     for (unsigned t = threadIdx.x; t < 256; t += blockDim.x) {
         smap[t] = maps[t];
         umap[t] = maps[256 + t];
@@ -518,11 +525,14 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
         const uint64_t i = qb0 + threadIdx.x;
         const uint64_t qb = qb0 / RADAM_Q8_BLOCK;
         const bool active = i < end;
-        float mi = 0.0f, vi = 0.0f, pn = 0.0f;
+        float mi = 0.0f, vi = 0.0f, pn = 0.0f, old = 0.0f;
+        uint16_t ai = 0;
         if (active) {
             mi = smap[mc[i]] * ma[qb];
             vi = umap[vc[i]] * va[qb];
-            pn = radam_elem<float>(Traits<P>::load(p[i]), Traits<P>::load(g[i]), mi, vi, k, update);
+            if (has_aux) ai = aux[i];
+            old = ParamIO<P>::load(p[i], ai, mode);
+            pn = radam_elem<float>(old, Traits<P>::load(g[i]), mi, vi, k, update);
         }
         float am = fabsf(mi), av = fabsf(vi);
 #pragma unroll
@@ -545,7 +555,12 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
         if (active) {
             mc[i] = radam8_code(smap, am == 0.0f ? 0.0f : mi / am);
             vc[i] = radam8_code(umap, av == 0.0f ? 0.0f : vi / av);
-            if (update != 2) p[i] = Traits<P>::store(pn);
+            if (update != 2) {
+                P pi = p[i];
+                ParamIO<P>::store(pn, old, pi, ai, mode, w, i);
+                p[i] = pi;
+                if (has_aux) aux[i] = ai;
+            }
         }
         if (threadIdx.x == 0) {
             ma[qb] = am;

@@ -55,6 +55,7 @@ template <typename T> static inline T min(T a, T b) { return a < b ? a : b; }
 template <typename T> static inline T __shfl_xor_sync(unsigned, T, int) { abort(); }
 
 #include "../radam.cu"
+#include "ref_rounding.h"
 
 #undef blockIdx
 #undef threadIdx
@@ -275,42 +276,7 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
 // ---- rounding modes (src/precision.rs) for f16 / bf16 params -----------------------------------
 // Tensors of several sizes and offsets, each with a u16 buffer, 12 steps (sgd, adaptive, frozen
 // steps), every mode: params, buffers and moments bit for bit against a reference that runs the
-// rule on f32 values and rounds them as the mode says (remainder: the f32 master kept in full and
-// split; bf16 stochastic: "round up iff the random low half carries into the upper half").
-template <typename H>
-static float ref_round_store(int mode, float x, float old, H& p, uint16_t& aux, uint64_t w, uint64_t i, float& master) {
-    if (mode == MODE_REMAINDER) {
-        master = x;
-        uint32_t b;
-        memcpy(&b, &x, 4);
-        uint16_t hi = (uint16_t)(b >> 16);
-        memcpy(&p, &hi, 2);
-        aux = (uint16_t)(b & 0xffff);
-    } else if (mode == MODE_KAHAN) {
-        const float y = HalfOps<H>::value(aux) + (x - old);
-        uint16_t pb, cb;
-        const float pn = HalfOps<H>::rn(old + y, pb);
-        HalfOps<H>::rn(y - (pn - old), cb);
-        memcpy(&p, &pb, 2);
-        aux = cb;
-    } else if (mode == MODE_STOCHASTIC) {
-        const uint32_t r = element_bits(w, i);
-        uint32_t b;
-        memcpy(&b, &x, 4);
-        uint16_t out;
-        if (sizeof(H) == 2 && std::is_same<H, __nv_bfloat16>::value && std::isfinite(x)) {
-            const uint32_t low = b & 0xffff;
-            out = (uint16_t)((b >> 16) + ((r & 0xffff) + low >= 0x10000 ? 1 : 0));
-        } else {
-            out = HalfOps<H>::stochastic(x, r);
-        }
-        memcpy(&p, &out, 2);
-    } else {
-        p = Traits<H>::store(x);
-    }
-    return 0;
-}
-
+// rule on f32 values and rounds them as the mode says (ref_round_store, ref_rounding.h).
 template <typename H>
 static void run_modes(const char* name, void (*kernel)(const Entry*, const uint32_t*, const Scalars<float>*), bool bf16) {
     const size_t sizes[] = {1, 7, 8, 9, 1025, 4097, 2 * 4096 + 3};
