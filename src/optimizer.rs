@@ -902,17 +902,21 @@ impl RAdam {
         Ok(())
     }
 
-    /// Bytes of optimizer state allocated for the moments of every variable: 8 per element for
+    /// Bytes of optimizer state allocated for every variable: its moments, 8 per element for
     /// f32 / f16 / bf16 variables with full moments (16 for f64), and for 8-bit ones 2 per
     /// element (the codes of `m` and `v`) plus 8 per block of [`crate::quant::BLOCK`] elements
-    /// (their f32 absmax). Step counts and other scalars are not counted.
+    /// (their f32 absmax); plus 2 per element for an f16 / bf16 variable whose
+    /// [`crate::Rounding`] keeps a buffer (`Remainder`, `Kahan`). A bf16 parameter under
+    /// `Remainder` with 8-bit state thus costs 2 (the parameter) + 2.03 + 2 = 6.03 bytes, against
+    /// 2 + 8 + 2 = 12 with full state. Step counts and other scalars are not counted.
     pub fn state_bytes(&self) -> usize {
-        self.slots.iter().map(|s| s.moments.bytes()).sum()
+        self.slots.iter().map(|s| s.moments.bytes() + s.aux.bytes()).sum()
     }
 
     /// [`RAdam::state_bytes`] per optimized parameter (element): 8 for f32 state, about 2.03
     /// under [`StateFormat::blockwise8()`] when most parameters are in tensors of 4096 elements
-    /// or more (`2 + 8 / 256 = 2.03125` for a whole number of blocks). 0 without parameters.
+    /// or more (`2 + 8 / 256 = 2.03125` for a whole number of blocks), 2 more for f16 / bf16
+    /// parameters under a rounding mode with a buffer. 0 without parameters.
     pub fn state_bytes_per_param(&self) -> f64 {
         let n: usize = self.slots.iter().map(|s| s.var.elem_count()).sum();
         if n == 0 {
@@ -922,10 +926,10 @@ impl RAdam {
         }
     }
 
-    /// Bytes of state of variable `name` ([`RAdam::state_bytes`]) and whether its moments are
-    /// 8-bit, or `None` if no variable has that name.
+    /// Bytes of state of variable `name` ([`RAdam::state_bytes`]: moments and rounding buffer)
+    /// and whether its moments are 8-bit, or `None` if no variable has that name.
     pub fn var_state(&self, name: &str) -> Option<(usize, bool)> {
         let s = self.slots.iter().find(|s| s.name == name)?;
-        Some((s.moments.bytes(), s.moments.is_8bit()))
+        Some((s.moments.bytes() + s.aux.bytes(), s.moments.is_8bit()))
     }
 }

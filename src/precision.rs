@@ -648,6 +648,16 @@ impl Aux {
         })
     }
 
+    /// Bytes of the buffer (2 per element; 0 for `None`).
+    pub(crate) fn bytes(&self) -> usize {
+        2 * match self {
+            Self::None => 0,
+            Self::Cpu(x) => x.len(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(s, _) => s.len(),
+        }
+    }
+
     /// The CPU buffer (empty when there is none).
     pub(crate) fn cpu_slice(&mut self) -> &mut [u16] {
         match self {

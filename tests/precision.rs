@@ -719,3 +719,27 @@ fn rounding_is_a_clap_value() {
     assert_eq!(Cli::try_parse_from(["x"]).unwrap().rounding, Rounding::Nearest);
     assert!(Cli::try_parse_from(["x", "--rounding", "truncate"]).is_err());
 }
+
+/// Bytes of optimizer state per parameter with both features: the rounding buffer (2 bytes for
+/// `Remainder` / `Kahan` on a half parameter, none on f32) on top of full (8) or 8-bit (2.03125)
+/// moments. A bf16 parameter under `Remainder` with 8-bit state: 2 (param) + 2 + 2.03125.
+#[test]
+fn state_bytes_count_the_rounding_buffer_with_both_formats() {
+    let dev = Device::Cpu;
+    let n = 4 * 4096;
+    let cases = [
+        (DType::BF16, Rounding::Nearest, 8.0, 2.03125),
+        (DType::BF16, Rounding::Remainder, 10.0, 4.03125),
+        (DType::BF16, Rounding::Kahan, 10.0, 4.03125),
+        (DType::F16, Rounding::Kahan, 10.0, 4.03125),
+        (DType::BF16, Rounding::Stochastic { seed: 1 }, 8.0, 2.03125),
+        (DType::F32, Rounding::Kahan, 8.0, 2.03125), // f32 ignores the mode: no buffer
+    ];
+    for (dtype, r, full, eight) in cases {
+        let (_, o) = one(&Tensor::zeros(n, dtype, &dev).unwrap(), params(r)).unwrap();
+        assert_eq!(o.state_bytes_per_param(), full, "{dtype:?} {r}: full state");
+        let o = o.with_state_format(StateFormat::blockwise8()).unwrap();
+        assert_eq!(o.state_bytes_per_param(), eight, "{dtype:?} {r}: 8-bit state");
+        assert_eq!(o.var_state("w"), Some(((eight * n as f64) as usize, true)));
+    }
+}
