@@ -1,13 +1,15 @@
 //! GPU vs CPU for the f16 / bf16 rounding modes ([`Rounding`], a module of `tests/cuda.rs`):
-//! every mode and half dtype, params, rounding buffers (through `master_weights`) and the saved
-//! state bit for bit, stochastic rounding included (the same counter-based hash on both sides).
+//! every mode and half dtype, with full and with 8-bit moments ([`StateFormat`]), params, rounding
+//! buffers (through `master_weights`) and the saved state (moments, 8-bit codes and absmax,
+//! buffers, keys) bit for bit, stochastic rounding included (the same counter-based hash on both
+//! sides).
 //! Compiled only with `--features cuda`; skips with a message when there is no CUDA device or
 //! driver (`cuda/device.rs`).
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::Optimizer;
-use candle_radam::{ParamGroup, ParamsRAdam, RAdam, Rounding};
+use candle_radam::{ParamGroup, ParamsRAdam, RAdam, Rounding, StateFormat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -25,9 +27,10 @@ fn bits(t: &Tensor) -> Result<Vec<u32>> {
 }
 
 /// 15 steps of the same variables (sizes across blocks, one unaligned by an offset-free odd
-/// size) under `rounding` on the CPU and the GPU, small learning rate (updates below half an ulp
+/// size) under `rounding` on the CPU and the GPU, moments stored as `format` (8-bit: `w` and `e`,
+/// the two variables of 4096 elements or more), small learning rate (updates below half an ulp
 /// are common), groups mixing modes: params, master values and moments agree bit for bit.
-fn compare(dev: &Device, dtype: DType, rounding: Rounding) -> Result<()> {
+fn compare(dev: &Device, dtype: DType, rounding: Rounding, format: StateFormat) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(17);
     let shapes = [("w", 9000usize), ("b", 33), ("e", 4097), ("s", 1)];
     let (mut cpu, mut gpu_vars) = (Vec::new(), Vec::new());
@@ -51,8 +54,16 @@ fn compare(dev: &Device, dtype: DType, rounding: Rounding) -> Result<()> {
             ParamGroup::names("sr", &["e"]).rounding(Rounding::Stochastic { seed: 99 }),
         ]
     };
-    let mut oc = RAdam::new_named(cpu.clone(), p.clone())?.with_groups(groups())?;
-    let mut og = RAdam::new_named(gpu_vars.clone(), p)?.with_groups(groups())?;
+    let mut oc = RAdam::new_named(cpu.clone(), p.clone())?
+        .with_groups(groups())?
+        .with_state_format(format)?;
+    let mut og =
+        RAdam::new_named(gpu_vars.clone(), p)?.with_groups(groups())?.with_state_format(format)?;
+    let eight = format != StateFormat::Full;
+    for o in [&oc, &og] {
+        assert_eq!(o.var_state("w").map(|s| s.1), Some(eight));
+        assert_eq!(o.var_state("e").map(|s| s.1), Some(eight));
+    }
     for t in 0..15 {
         let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
         for ((name, vc), (_, vg)) in cpu.iter().zip(&gpu_vars) {
@@ -69,7 +80,7 @@ fn compare(dev: &Device, dtype: DType, rounding: Rounding) -> Result<()> {
         og.step(&gg)?;
     }
     for ((name, vc), (_, vg)) in cpu.iter().zip(&gpu_vars) {
-        let what = format!("{dtype:?} {rounding} {name}");
+        let what = format!("{dtype:?} {rounding} {format:?} {name}");
         assert_eq!(bits(vc.as_tensor())?, bits(vg.as_tensor())?, "{what}: param");
         assert_eq!(
             bits(&oc.master_weights(name)?)?,
@@ -88,11 +99,13 @@ fn compare(dev: &Device, dtype: DType, rounding: Rounding) -> Result<()> {
     let mut keys: Vec<&String> = fc.keys().collect();
     keys.sort();
     assert_eq!(keys.len(), fg.len());
+    assert_eq!(fc.contains_key("exp_avg_q8.w"), eight);
     for k in keys {
         let (a, b) = (&fc[k], &fg[k]);
         let same = match a.dtype() {
             DType::I16 => a.to_vec1::<i16>()? == b.to_vec1::<i16>()?,
             DType::I64 => a.to_vec1::<i64>()? == b.to_vec1::<i64>()?,
+            DType::U8 => a.flatten_all()?.to_vec1::<u8>()? == b.flatten_all()?.to_vec1::<u8>()?,
             DType::F64 => a
                 .to_vec1::<f64>()?
                 .iter()
@@ -101,7 +114,7 @@ fn compare(dev: &Device, dtype: DType, rounding: Rounding) -> Result<()> {
             _ => bits(a)? == bits(b)?,
         };
         // The fingerprint word of a record hashes the values, equal when the params are.
-        assert!(same, "{dtype:?} {rounding}: state '{k}' differs");
+        assert!(same, "{dtype:?} {rounding} {format:?}: state '{k}' differs");
     }
     // The GPU run resumes on the CPU from the GPU's state and continues identically.
     let mut back = RAdam::new_named(
@@ -119,7 +132,8 @@ fn compare(dev: &Device, dtype: DType, rounding: Rounding) -> Result<()> {
             ..Default::default()
         },
     )?
-    .with_groups(groups())?;
+    .with_groups(groups())?
+    .with_state_format(format)?;
     let report = back.load_state(dir.path().join("g"))?;
     assert!(report.is_clean(), "{report}");
     for (name, _) in &cpu {
@@ -144,7 +158,9 @@ fn rounding_modes_match_cpu_bit_for_bit() -> Result<()> {
             if r == Rounding::Remainder && dtype == DType::F16 {
                 continue;
             }
-            compare(&dev, dtype, r)?;
+            for format in [StateFormat::Full, StateFormat::blockwise8()] {
+                compare(&dev, dtype, r, format)?;
+            }
         }
     }
     Ok(())
