@@ -103,8 +103,11 @@
 //! quantization, Dettmers et al. 2022): about 2.03 bytes of state per parameter instead of 8
 //! ([`RAdam::state_bytes_per_param`]). Tensors below 4096 elements keep 32-bit moments, groups can
 //! opt out ([`ParamGroup::state_format`], e.g. embeddings) or in, and saved state converts
-//! between the two formats at load. The maps, the algorithm, the memory and when not to use it:
-//! module [`quant`].
+//! between the two formats at load. It combines with every [`Rounding`] mode of f16 / bf16
+//! parameters (below): e.g. bf16 + [`Rounding::Remainder`] + 8-bit state is 2 + 2 + 2.03 bytes
+//! per parameter (param, remainder, moments) and still follows an f32-parameter run with 8-bit
+//! state bit for bit. The maps, the algorithm, the memory and when not to use it: module
+//! [`quant`].
 //!
 //! ## Dtypes
 //!

@@ -21,9 +21,17 @@
 //! | [`Rounding::Kahan`] | 2 | compensation, in the param dtype | f16 params; bf16 when 2 bytes are affordable but f32 equality is not needed |
 //! | [`Rounding::Stochastic`] | 0 | nothing | memory-bound training, no room for a buffer |
 //!
-//! The moments stay f32 in every mode (8 bytes per param); a bf16 step reads param, grad, m, v
-//! and writes param, m, v: 22 bytes per param with `Nearest` and `Stochastic`, 26 with
-//! `Remainder` and `Kahan` (the buffer is read and written).
+//! With f32 moments (8 bytes per param) a bf16 step reads param, grad, m, v and writes param, m,
+//! v: 22 bytes per param with `Nearest` and `Stochastic`, 26 with `Remainder` and `Kahan` (the
+//! buffer is read and written). Every mode also works with 8-bit moments
+//! ([`crate::StateFormat::blockwise8()`], 2.03 bytes per param): the 8-bit passes (CPU
+//! `src/cpu8.rs`, CUDA `radam8_mt_*`) load and store the param with the same functions
+//! (`load_block` / `store_block`, `ParamIO`), so the param side gives the same bits in both
+//! formats, and the remainder still rebuilds exactly the f32 run of an f32-parameter optimizer
+//! with 8-bit state. Bytes per bf16 parameter, param + state ([`crate::RAdam::state_bytes`]
+//! counts the buffer): 2 + 8 (nearest, f32 moments), 2 + 8 + 2 (remainder), 2 + 2.03
+//! (nearest, 8-bit), **2 + 2.03 + 2 = 6.03** (remainder or Kahan with 8-bit moments), against
+//! 4 + 8 = 12 for f32 training.
 //!
 //! f32 and f64 parameters ignore the mode (their update is not rounded to a half type): one
 //! mode can be set for a whole model whose norms stay f32. [`Rounding::Remainder`] on an f16
