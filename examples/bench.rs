@@ -22,13 +22,18 @@
 //! p written (12 B for f32), m and v codes read and written (4 B) and the block absmax (16 B per
 //! 256 elements): about 16 B per f32 parameter. Its row is compared with a second copy probe of
 //! exactly those bytes, and with the f32-state step (goal: faster).
+//!
+//! With `--dtype bf16` or `f16` a second table times the update pass alone
+//! (`NonFinite::Propagate`) under each [`Rounding`] mode against a copy probe of the bytes that
+//! mode moves: 22 B per param for round to nearest and stochastic rounding (p, g, m, v read; p,
+//! m, v written), 26 B for the remainder and Kahan modes (their u16 buffer read and written).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use candle_radam::{LossScaler, NonFinite, ParamGroup, ParamsRAdam, RAdam};
+use candle_radam::{LossScaler, NonFinite, ParamGroup, ParamsRAdam, RAdam, Rounding};
 use clap::{Parser, ValueEnum};
 use rayon::prelude::*;
 
@@ -355,6 +360,72 @@ fn bench(args: &Args, dev: &Device, layout: Layout, dtype: DType) -> Result<()> 
         bytes_per_param(dtype),
         rayon::current_num_threads()
     );
+    drop((radam, radam_clip, radam_ng, adamw, probe));
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        bench_rounding(args, dev, dtype, &named, &grads, n, groups()?)?;
+    }
+    Ok(())
+}
+
+/// The update pass alone (`NonFinite::Propagate`) under each rounding mode against a copy probe
+/// of the bytes that mode moves (`Rounding::bytes_per_step`), interleaved rounds, medians.
+fn bench_rounding(
+    args: &Args,
+    dev: &Device,
+    dtype: DType,
+    named: &[(String, Var)],
+    grads: &GradStore,
+    n: usize,
+    groups: Vec<ParamGroup>,
+) -> Result<()> {
+    let mut modes = vec![Rounding::Nearest, Rounding::Kahan, Rounding::Stochastic { seed: 1 }];
+    if dtype == DType::BF16 {
+        modes.insert(1, Rounding::Remainder);
+    }
+    let mut opts = Vec::new();
+    for r in &modes {
+        let p = ParamsRAdam {
+            lr: 1e-4,
+            weight_decay: 0.01,
+            decoupled_weight_decay: true,
+            non_finite: NonFinite::Propagate,
+            rounding: *r,
+            ..Default::default()
+        };
+        opts.push(RAdam::new_named(named.to_vec(), p)?.with_groups(groups.clone())?);
+    }
+    let mut probes = [CopyProbe::new(dev, 22 * n)?, CopyProbe::new(dev, 26 * n)?];
+    for o in opts.iter_mut() {
+        o.step(grads)?;
+    }
+    for p in probes.iter_mut() {
+        p.run()?;
+    }
+    let mut t_o = vec![Vec::new(); opts.len()];
+    let mut t_p = vec![Vec::new(); probes.len()];
+    for round in 0..args.rounds {
+        for k in 0..opts.len() {
+            let j = (round + k) % opts.len();
+            let o = &mut opts[j];
+            t_o[j].push(time_ms(dev, args.steps, || Ok(o.step(grads)?))?);
+        }
+        for (j, p) in probes.iter_mut().enumerate() {
+            t_p[j].push(time_ms(dev, args.steps, || p.run())?);
+        }
+    }
+    let probe_ms: Vec<f64> = t_p.into_iter().map(median).collect();
+    println!("{dtype:?} update pass by rounding mode (NonFinite::Propagate), vs a copy probe of its bytes:");
+    println!(
+        "{:<22} {:>8} {:>10} {:>12} {:>16}",
+        "rounding", "B/param", "ms/step", "probe ms", "vs its probe"
+    );
+    for (r, t) in modes.iter().zip(t_o) {
+        let b = r.bytes_per_step();
+        let c = probe_ms[if b == 22 { 0 } else { 1 }];
+        let ms = median(t);
+        println!("{:<22} {:>8} {:>10.3} {:>12.3} {:>16.3}", r.to_string(), b, ms, c, c / ms);
+    }
+    println!("goal: each >= 1.0 of its probe on CPU");
     Ok(())
 }
 

@@ -27,6 +27,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
@@ -43,11 +44,12 @@ struct Entry {
     uint64_t v;            // second moment (same dtype as m)
     uint64_t n;            // element count (> 0)
     uint64_t first_block;  // index of this tensor's first block in the launch
-    uint32_t flags;        // bit 0: p, g, m, v all 16-byte aligned; bit 1: g 16-byte aligned
+    uint32_t flags;        // bit 0: p, g, m, v (and aux) 16-byte aligned; bit 1: g 16-byte aligned;
+                           // bits 4-5: the param's rounding mode (MODE_* below)
     uint32_t set;          // index of the tensor's scalar set (update kernels; 0 for the check)
     uint64_t item;         // index of the tensor in the caller's list (non-finite flags)
     uint64_t aux;          // low-precision param update buffer (u16 per element), 0 when none
-    uint64_t key;          // the variable's stochastic-rounding stream key, 0 when unused
+    uint64_t key;          // stochastic rounding: the stream word of (seed, variable key, t), else 0
     uint64_t m_absmax;     // 8-bit state: f32 absmax per quantization block of m (m: u8 codes), else 0
     uint64_t v_absmax;     // 8-bit state: f32 absmax per quantization block of v (v: u8 codes), else 0
 };
@@ -79,6 +81,134 @@ template <> struct Traits<__nv_bfloat16> {
     __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
     __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }  // nearest even
 };
+
+// ---------------------------------------------------------------------------------------------
+// The param side of the update (src/precision.rs, element for element): `ParamIO<P>::load` turns
+// a stored param (and its u16 buffer) into the math type, `ParamIO<P>::store` writes a math-type
+// result back under the entry's rounding mode. Any kernel body that updates params can use them.
+
+#define MODE_NEAREST 0     // round to nearest even
+#define MODE_REMAINDER 1   // bf16: param = upper 16 bits of the f32 master, aux = lower 16 bits
+#define MODE_KAHAN 2       // aux = Kahan compensation (param-dtype bits)
+#define MODE_STOCHASTIC 3  // unbiased stochastic rounding from a counter-based hash
+
+template <typename T, typename U>
+__device__ __forceinline__ T bits_as(U x) {
+    static_assert(sizeof(T) == sizeof(U), "bit cast between types of one size");
+    T t;
+    memcpy(static_cast<void*>(&t), static_cast<const void*>(&x), sizeof(T));
+    return t;
+}
+
+// SplitMix64's output mix (Steele, Lea, Flood 2014; Stafford's Mix13), `mix64` in precision.rs.
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+// Chris Wellons' lowbias32 (hash-prospector), `lowbias32` in precision.rs.
+__device__ __forceinline__ uint32_t lowbias32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+// The word of the 2^32-element segment of element i (a block never spans two segments).
+__device__ __forceinline__ uint64_t segment_word(uint64_t stream, uint64_t i) {
+    return mix64(stream ^ (i >> 32));
+}
+// 32 uniform random bits for element i: lowbias32(lo32(i) + lo32(w)) ^ hi32(w).
+__device__ __forceinline__ uint32_t element_bits(uint64_t w, uint64_t i) {
+    return lowbias32((uint32_t)i + (uint32_t)w) ^ (uint32_t)(w >> 32);
+}
+
+// Stochastic rounding of x to bf16 bits: 16 random bits added to the low half, then truncated.
+__device__ __forceinline__ uint16_t sr_bf16(float x, uint32_t r) {
+    const uint32_t b = bits_as<uint32_t>(x);
+    // inf stays inf; a NaN stays a NaN (quiet bit set: its payload may be in the low half).
+    if ((b & 0x7f800000u) == 0x7f800000u) return (uint16_t)((b >> 16) | ((b & 0x7fffffu) ? 0x40u : 0u));
+    return (uint16_t)((b + (r & 0xffffu)) >> 16);
+}
+// Stochastic rounding of x to f16 bits: up with probability (|x| - lo) / (hi - lo), 24 bits.
+__device__ __forceinline__ uint16_t sr_f16(float x, uint32_t r) {
+    const float a = fabsf(x);
+    const uint16_t h = bits_as<uint16_t>(__float2half_rn(a));
+    const float hv = __half2float(bits_as<__half>(h));
+    uint16_t mag = h;
+    if (!(hv == a || a != a)) {
+        const uint16_t lo = hv < a ? h : (uint16_t)(h - 1);
+        const uint16_t hi = hv < a ? (uint16_t)(h + 1) : h;
+        const float lv = __half2float(bits_as<__half>(lo));
+        const float uv = __half2float(bits_as<__half>(hi));
+        const float frac = (a - lv) / (uv - lv);  // 0 when uv is infinite: saturate
+        const float u = (float)(r >> 8) * (1.0f / 16777216.0f);
+        mag = u < frac ? hi : lo;
+    }
+    return (uint16_t)(mag | ((bits_as<uint32_t>(x) >> 16) & 0x8000u));
+}
+
+template <typename H> struct HalfOps;
+template <> struct HalfOps<__half> {
+    __device__ static float rn(float x, uint16_t& bits) {  // round to nearest, value and bits
+        const __half h = __float2half_rn(x);
+        bits = bits_as<uint16_t>(h);
+        return __half2float(h);
+    }
+    __device__ static float value(uint16_t b) { return __half2float(bits_as<__half>(b)); }
+    __device__ static uint16_t stochastic(float x, uint32_t r) { return sr_f16(x, r); }
+};
+template <> struct HalfOps<__nv_bfloat16> {
+    __device__ static float rn(float x, uint16_t& bits) {
+        const __nv_bfloat16 h = __float2bfloat16_rn(x);
+        bits = bits_as<uint16_t>(h);
+        return __bfloat162float(h);
+    }
+    __device__ static float value(uint16_t b) { return __bfloat162float(bits_as<__nv_bfloat16>(b)); }
+    __device__ static uint16_t stochastic(float x, uint32_t r) { return sr_bf16(x, r); }
+};
+
+// f32 / f64 params: no rounding, no buffer (the host always sends MODE_NEAREST for them).
+template <typename P> struct ParamIO {
+    typedef typename Traits<P>::Math M;
+    __device__ static M load(P p, uint16_t, int) { return Traits<P>::load(p); }
+    __device__ static void store(M x, M, P& p, uint16_t&, int, uint64_t, uint64_t) {
+        p = Traits<P>::store(x);
+    }
+};
+
+// f16 / bf16 params: the four modes. `old` is what `load` returned (the rule's input), `w` the
+// segment word of the stream, `i` the element's index in its variable.
+template <typename H> struct HalfIO {
+    __device__ static float load(H p, uint16_t aux, int mode) {
+        if (mode == MODE_REMAINDER) {
+            return bits_as<float>((uint32_t)bits_as<uint16_t>(p) << 16 | (uint32_t)aux);
+        }
+        return Traits<H>::load(p);
+    }
+    __device__ static void store(float x, float old, H& p, uint16_t& aux, int mode, uint64_t w,
+                                 uint64_t i) {
+        if (mode == MODE_REMAINDER) {
+            const uint32_t b = bits_as<uint32_t>(x);
+            p = bits_as<H>((uint16_t)(b >> 16));
+            aux = (uint16_t)b;
+        } else if (mode == MODE_KAHAN) {
+            // y = c + (x - p); p' = rn(p + y); c' = rn(y - (p' - p)), all in f32.
+            const float y = HalfOps<H>::value(aux) + (x - old);
+            uint16_t pb, cb;
+            const float pn = HalfOps<H>::rn(old + y, pb);
+            HalfOps<H>::rn(y - (pn - old), cb);
+            p = bits_as<H>(pb);
+            aux = cb;
+        } else if (mode == MODE_STOCHASTIC) {
+            p = bits_as<H>(HalfOps<H>::stochastic(x, element_bits(w, i)));
+        } else {
+            p = Traits<H>::store(x);
+        }
+    }
+};
+template <> struct ParamIO<__half> : HalfIO<__half> {};
+template <> struct ParamIO<__nv_bfloat16> : HalfIO<__nv_bfloat16> {};
 
 __device__ __forceinline__ float radam_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double radam_sqrt(double x) { return sqrt(x); }
@@ -151,6 +281,7 @@ __device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
                                          const uint32_t* __restrict__ block_map,
                                          const Scalars<typename Traits<P>::Math>* __restrict__ sets) {
     typedef typename Traits<P>::Math M;
+    typedef ParamIO<P> IO;
     constexpr int VEC = 16 / sizeof(P);
     const Entry e = table[block_map[blockIdx.x]];
     const Scalars<M> k = sets[e.set];
@@ -159,8 +290,13 @@ __device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
     const P* __restrict__ g = reinterpret_cast<const P*>(e.g);
     M* __restrict__ m = reinterpret_cast<M*>(e.m);
     M* __restrict__ v = reinterpret_cast<M*>(e.v);
+    uint16_t* __restrict__ aux = reinterpret_cast<uint16_t*>(e.aux);
+    const int mode = (int)((e.flags >> 4) & 3u);
+    // Only 16-bit params have a buffer (remainder, Kahan); only they get a mode other than 0.
+    const bool has_aux = sizeof(P) == 2 && (mode == MODE_REMAINDER || mode == MODE_KAHAN);
     const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
     const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    const uint64_t w = mode == MODE_STOCHASTIC ? segment_word(e.key, start) : 0;
     uint64_t scalar_from = start;
 
     if (e.flags & 1) {
@@ -171,13 +307,18 @@ __device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
             const Vec<P, VEC> gv = load_vec<P, VEC>(g + i);
             Vec<M, VEC> mv = load_vec<M, VEC>(m + i);
             Vec<M, VEC> vv = load_vec<M, VEC>(v + i);
+            Vec<uint16_t, VEC> av = {};
+            if (has_aux) av = load_vec<uint16_t, VEC>(aux + i);  // 16-bit params: VEC = 8
 #pragma unroll
             for (int j = 0; j < VEC; j++) {
-                const M pn = radam_elem<M>(Traits<P>::load(pv.x[j]), Traits<P>::load(gv.x[j]),
-                                           mv.x[j], vv.x[j], k, update);
-                pv.x[j] = Traits<P>::store(pn);
+                const M old = IO::load(pv.x[j], av.x[j], mode);
+                const M pn = radam_elem<M>(old, Traits<P>::load(gv.x[j]), mv.x[j], vv.x[j], k, update);
+                IO::store(pn, old, pv.x[j], av.x[j], mode, w, i + j);
             }
-            if (update != 2) store_vec<P, VEC>(p + i, pv);
+            if (update != 2) {
+                store_vec<P, VEC>(p + i, pv);
+                if (has_aux) store_vec<uint16_t, VEC>(aux + i, av);
+            }
             store_vec<M, VEC>(m + i, mv);
             store_vec<M, VEC>(v + i, vv);
         }
@@ -185,8 +326,15 @@ __device__ __forceinline__ void radam_mt(const Entry* __restrict__ table,
     }
     for (uint64_t i = scalar_from + threadIdx.x; i < end; i += blockDim.x) {
         M mi = m[i], vi = v[i];
-        const M pn = radam_elem<M>(Traits<P>::load(p[i]), Traits<P>::load(g[i]), mi, vi, k, update);
-        if (update != 2) p[i] = Traits<P>::store(pn);
+        P pi = p[i];
+        uint16_t ai = has_aux ? aux[i] : 0;
+        const M old = IO::load(pi, ai, mode);
+        const M pn = radam_elem<M>(old, Traits<P>::load(g[i]), mi, vi, k, update);
+        if (update != 2) {
+            IO::store(pn, old, pi, ai, mode, w, i);
+            p[i] = pi;
+            if (has_aux) aux[i] = ai;
+        }
         m[i] = mi;
         v[i] = vi;
     }
@@ -314,9 +462,11 @@ RADAM_CHECK_ENTRY(radam_check_b64, uint64_t, 0x7ff0000000000000ull)        // f6
 //
 // One loop iteration of a CUDA block covers exactly one quantization block, thread i element i
 // (chunks are RADAM_CHUNK = 16 quantization blocks, so they never split one): dequantize
-// (map[code] * absmax), radam_elem (the f32 rule, unchanged), block max-reduce of |m| and |v|
+// (map[code] * absmax), load the param (ParamIO<P>, with its rounding buffer, as radam_mt),
+// radam_elem (the f32 rule, unchanged), block max-reduce of |m| and |v|
 // (warp shuffles, then one value per warp in shared memory; NaN sticky), quantize against the
-// new absmax (x / absmax, binary search, ties to the lower code: radam8_code), store. Bit for bit
+// new absmax (x / absmax, binary search, ties to the lower code: radam8_code), store (the param
+// through ParamIO<P>::store under the entry's rounding mode, as radam_mt). Bit for bit
 // the CPU pass: the same f32 operations in the same order (-fmad=false, IEEE division and sqrt).
 
 #define RADAM_Q8_BLOCK RADAM_THREADS
@@ -358,8 +508,13 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
     uint8_t* __restrict__ vc = reinterpret_cast<uint8_t*>(e.v);
     float* __restrict__ ma = reinterpret_cast<float*>(e.m_absmax);
     float* __restrict__ va = reinterpret_cast<float*>(e.v_absmax);
+    uint16_t* __restrict__ aux = reinterpret_cast<uint16_t*>(e.aux);
+    const int mode = (int)((e.flags >> 4) & 3u);
+    // Only 16-bit params have a buffer (remainder, Kahan); only they get a mode other than 0.
+    const bool has_aux = sizeof(P) == 2 && (mode == MODE_REMAINDER || mode == MODE_KAHAN);
     const uint64_t start = (uint64_t)(blockIdx.x - e.first_block) * RADAM_CHUNK;
     const uint64_t end = min(e.n, start + RADAM_CHUNK);
+    const uint64_t w = mode == MODE_STOCHASTIC ? segment_word(e.key, start) : 0;
     for (unsigned t = threadIdx.x; t < 256; t += blockDim.x) {
         smap[t] = maps[t];
         umap[t] = maps[256 + t];
@@ -370,11 +525,14 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
         const uint64_t i = qb0 + threadIdx.x;
         const uint64_t qb = qb0 / RADAM_Q8_BLOCK;
         const bool active = i < end;
-        float mi = 0.0f, vi = 0.0f, pn = 0.0f;
+        float mi = 0.0f, vi = 0.0f, pn = 0.0f, old = 0.0f;
+        uint16_t ai = 0;
         if (active) {
             mi = smap[mc[i]] * ma[qb];
             vi = umap[vc[i]] * va[qb];
-            pn = radam_elem<float>(Traits<P>::load(p[i]), Traits<P>::load(g[i]), mi, vi, k, update);
+            if (has_aux) ai = aux[i];
+            old = ParamIO<P>::load(p[i], ai, mode);
+            pn = radam_elem<float>(old, Traits<P>::load(g[i]), mi, vi, k, update);
         }
         float am = fabsf(mi), av = fabsf(vi);
 #pragma unroll
@@ -397,7 +555,12 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
         if (active) {
             mc[i] = radam8_code(smap, am == 0.0f ? 0.0f : mi / am);
             vc[i] = radam8_code(umap, av == 0.0f ? 0.0f : vi / av);
-            if (update != 2) p[i] = Traits<P>::store(pn);
+            if (update != 2) {
+                P pi = p[i];
+                ParamIO<P>::store(pn, old, pi, ai, mode, w, i);
+                p[i] = pi;
+                if (has_aux) aux[i] = ai;
+            }
         }
         if (threadIdx.x == 0) {
             ma[qb] = am;

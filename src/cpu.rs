@@ -4,7 +4,8 @@
 //! the param's storage write lock and the grad's read lock, so no temporary tensor is made and no
 //! `Var::set` happens. Large tensors are split into chunks that rayon spreads over the cores; the
 //! inner loop is branch-free per element so the compiler turns it into SIMD. f16/bf16 params are
-//! converted to f32 in blocks (half's bulk conversions), updated, and rounded back to nearest even.
+//! loaded to f32 in blocks, updated, and stored back under their [`crate::Rounding`] mode
+//! ([`crate::precision`]'s `load_block` / `store_block`).
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor,
@@ -13,12 +14,13 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+use crate::precision::{self, Half, Mode, Store};
 use crate::rule::{StepScalars, Update};
 
 /// Elements per rayon task: large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 15;
 /// Elements converted at a time for half types (stack buffers stay in L1).
-const HALF_BLOCK: usize = 256;
+const HALF_BLOCK: usize = precision::BLOCK;
 
 /// The moment buffers of one CPU variable.
 pub(crate) enum CpuMoments {
@@ -166,12 +168,18 @@ trait Element: Copy + Send + Sync + 'static {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
     fn moments(mo: &mut CpuMoments) -> Option<MomentSlices<'_, Self::Acc>>;
+    /// One chunk: `aux` is the param's buffer for this chunk (empty when its mode has none),
+    /// `first` the index of `p[0]` in its variable.
+    #[allow(clippy::too_many_arguments)]
     fn update(
         p: &mut [Self],
         g: &[Self],
         m: &mut [Self::Acc],
         v: &mut [Self::Acc],
         k: &Coeffs<Self::Acc>,
+        aux: &mut [u16],
+        st: &Store,
+        first: u64,
     );
     /// True if any element is a NaN or an infinity (exponent bits all ones), branch-free.
     fn any_nonfinite(x: &[Self]) -> bool;
@@ -251,8 +259,17 @@ macro_rules! full_element {
                 }
             }
             #[inline(always)]
-            fn update(p: &mut [$t], g: &[$t], m: &mut [$t], v: &mut [$t], k: &Coeffs<$t>) {
-                dispatch(p, g, m, v, k)
+            fn update(
+                p: &mut [$t],
+                g: &[$t],
+                m: &mut [$t],
+                v: &mut [$t],
+                k: &Coeffs<$t>,
+                _aux: &mut [u16],
+                _st: &Store,
+                _first: u64,
+            ) {
+                dispatch(p, g, m, v, k) // f32 / f64: nothing to round
             }
         }
     };
@@ -260,25 +277,45 @@ macro_rules! full_element {
 full_element!(f32, F32, u32, 0x7f80_0000u32);
 full_element!(f64, F64, u64, 0x7ff0_0000_0000_0000u64);
 
-/// f16 / bf16: convert a block to f32, run the f32 rule, round back (nearest even).
+/// f16 / bf16: load a block (and its buffer) to f32, run the f32 rule, store it back under the
+/// variable's mode. A frozen step writes nothing back (as the kernel), whatever the mode.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn update_half<H>(p: &mut [H], g: &[H], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>)
-where
+fn update_half<H: Half>(
+    p: &mut [H],
+    g: &[H],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: &Coeffs<f32>,
+    aux: &mut [u16],
+    st: &Store,
+    first: u64,
+) where
     [H]: HalfFloatSliceExt,
 {
     let mut pf = [0f32; HALF_BLOCK];
+    let mut old = [0f32; HALF_BLOCK];
     let mut gf = [0f32; HALF_BLOCK];
-    for (((p, g), m), v) in p
+    let store = k.update != Update::Frozen;
+    let kahan = st.mode == Mode::Kahan;
+    for (b, (((p, g), m), v)) in p
         .chunks_mut(HALF_BLOCK)
         .zip(g.chunks(HALF_BLOCK))
         .zip(m.chunks_mut(HALF_BLOCK))
         .zip(v.chunks_mut(HALF_BLOCK))
+        .enumerate()
     {
         let n = p.len();
-        p.convert_to_f32_slice(&mut pf[..n]);
-        g.convert_to_f32_slice(&mut gf[..n]);
+        let aux = precision::aux_range(aux, b * HALF_BLOCK, n);
+        precision::load_block(p, aux, st.mode, &mut pf);
+        if kahan {
+            old[..n].copy_from_slice(&pf[..n]);
+        }
+        H::to_f32_block(g, &mut gf);
         dispatch(&mut pf[..n], &gf[..n], m, v, k);
-        p.convert_from_f32_slice(&pf[..n]);
+        if store {
+            precision::store_block(p, aux, &pf, &old, st, first + (b * HALF_BLOCK) as u64);
+        }
     }
 }
 
@@ -311,8 +348,17 @@ macro_rules! half_element {
                 <f32 as Element>::moments(mo)
             }
             #[inline(always)]
-            fn update(p: &mut [$t], g: &[$t], m: &mut [f32], v: &mut [f32], k: &Coeffs<f32>) {
-                update_half(p, g, m, v, k)
+            fn update(
+                p: &mut [$t],
+                g: &[$t],
+                m: &mut [f32],
+                v: &mut [f32],
+                k: &Coeffs<f32>,
+                aux: &mut [u16],
+                st: &Store,
+                first: u64,
+            ) {
+                update_half(p, g, m, v, k, aux, st, first)
             }
         }
     };
@@ -328,27 +374,36 @@ pub(crate) fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// Splits a large slice into rayon tasks; small ones run inline.
+/// Splits a large slice into rayon tasks; small ones run inline. `aux` is the param's buffer
+/// (empty when its mode has none).
 fn par_update<T: Element>(
     p: &mut [T],
     g: &[T],
     m: &mut [T::Acc],
     v: &mut [T::Acc],
     k: &Coeffs<T::Acc>,
+    aux: &mut [u16],
+    st: &Store,
 ) {
     if p.len() <= CHUNK {
-        update_chunk(p, g, m, v, k);
+        update_chunk(p, g, m, v, k, aux, st, 0);
     } else {
+        let aux = precision::aux_chunks(aux, p.len().div_ceil(CHUNK), CHUNK);
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| update_chunk(p, g, m, v, k));
+            .zip(aux.into_par_iter())
+            .enumerate()
+            .for_each(|(c, ((((p, g), m), v), aux))| {
+                update_chunk(p, g, m, v, k, aux, st, (c * CHUNK) as u64)
+            });
     }
 }
 
 /// `T::update`, compiled for AVX2 where the CPU has it. Only the vector width changes: Rust never
 /// contracts to FMA and IEEE `sqrt` / division are exact at any width, so results are identical.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn update_chunk<T: Element>(
     p: &mut [T],
@@ -356,15 +411,19 @@ fn update_chunk<T: Element>(
     m: &mut [T::Acc],
     v: &mut [T::Acc],
     k: &Coeffs<T::Acc>,
+    aux: &mut [u16],
+    st: &Store,
+    first: u64,
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { update_avx2(p, g, m, v, k) };
+        return unsafe { update_avx2(p, g, m, v, k, aux, st, first) };
     }
-    T::update(p, g, m, v, k)
+    T::update(p, g, m, v, k, aux, st, first)
 }
 
+#[allow(clippy::too_many_arguments)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn update_avx2<T: Element>(
@@ -373,8 +432,11 @@ unsafe fn update_avx2<T: Element>(
     m: &mut [T::Acc],
     v: &mut [T::Acc],
     k: &Coeffs<T::Acc>,
+    aux: &mut [u16],
+    st: &Store,
+    first: u64,
 ) {
-    T::update(p, g, m, v, k)
+    T::update(p, g, m, v, k, aux, st, first)
 }
 
 /// `T::any_nonfinite`, compiled for AVX2 where the CPU has it (as [`update_chunk`]).
@@ -416,6 +478,9 @@ unsafe fn sumsq_avx2<T: Element>(x: &[T]) -> f64 {
 struct StepOp<'a> {
     moments: Mutex<&'a mut CpuMoments>,
     k: &'a StepScalars,
+    /// The param's buffer (empty when its mode has none) and how it is stored.
+    aux: Mutex<&'a mut [u16]>,
+    st: Store,
 }
 
 impl StepOp<'_> {
@@ -437,7 +502,11 @@ impl StepOp<'_> {
         if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
             bail!("RAdam: parameter, gradient and moments differ in length");
         }
-        par_update::<T>(p, g, m, v, &Coeffs::new(self.k));
+        let mut aux = self.aux.lock().unwrap_or_else(|e| e.into_inner());
+        if !aux.is_empty() && aux.len() != p.len() {
+            bail!("RAdam: parameter and its rounding buffer differ in length");
+        }
+        par_update::<T>(p, g, m, v, &Coeffs::new(self.k), &mut aux, &self.st);
         Ok(())
     }
 }
@@ -464,15 +533,18 @@ impl InplaceOp2 for StepOp<'_> {
     }
 }
 
-/// One step for one CPU variable. The caller has checked shapes, dtypes, devices, contiguity and
-/// that `grad` does not share `param`'s storage.
+/// One step for one CPU variable, its param stored under `st` with its buffer `aux` (empty when
+/// the mode has none). The caller has checked shapes, dtypes, devices, contiguity and that
+/// `grad` does not share `param`'s storage.
 pub(crate) fn step(
     param: &Tensor,
     grad: &Tensor,
     moments: &mut CpuMoments,
     k: &StepScalars,
+    aux: &mut [u16],
+    st: Store,
 ) -> Result<()> {
-    param.inplace_op2(grad, &StepOp { moments: Mutex::new(moments), k })
+    param.inplace_op2(grad, &StepOp { moments: Mutex::new(moments), k, aux: Mutex::new(aux), st })
 }
 
 /// The sum of the squares of a contiguous CPU gradient's elements, in f64: per chunk in

@@ -1,13 +1,16 @@
 //! CPU path of the 8-bit state ([`crate::StateFormat::Blockwise8`]): one fused, in-place pass
 //! over (param, grad, m codes, v codes, absmax) per variable.
 //!
-//! Per quantization block of [`BLOCK`] elements: the param and grad are loaded to f32
-//! ([`Param8::load`]), `m` and `v` dequantized (`map[code] * absmax`), the unchanged f32 rule of
-//! `src/cpu.rs` run on the block ([`crate::cpu::dispatch`], so the arithmetic is the f32-state
-//! path's), the new moments requantized with the block's new absmax ([`crate::quant`]) and the
-//! param stored back ([`Param8::store`], round to nearest even for f16 / bf16; not written on a
-//! frozen step). Blocks are independent, so chunks of whole blocks run on rayon's threads and the
-//! result does not depend on the thread count. The memory traffic per f32 parameter: p read and
+//! Per quantization block of [`BLOCK`] elements: the param (with its rounding buffer) and grad
+//! are loaded to f32 ([`Param8::load_param`], [`Param8::load`]), `m` and `v` dequantized
+//! (`map[code] * absmax`), the unchanged f32 rule of `src/cpu.rs` run on the block
+//! ([`crate::cpu::dispatch`], so the arithmetic is the f32-state path's), the new moments
+//! requantized with the block's new absmax ([`crate::quant`]) and the param stored back
+//! ([`Param8::store`]: f16 / bf16 under their [`crate::Rounding`] mode, with
+//! [`crate::precision`]'s `load_block` / `store_block` as the f32-state pass, so the param side
+//! gives the same bits in both formats; not written on a frozen step). Blocks are independent,
+//! so chunks of whole blocks run on rayon's threads and the result does not depend on the
+//! thread count. The memory traffic per f32 parameter: p read and
 //! written, g read (12 B), codes read and written (4 B), absmax (8 B per 256 elements); the
 //! param, grad and codes of the block [`PREFETCH_BLOCKS`] ahead are prefetched (measured: about
 //! 15% less CPU time per step on a 2-core AMD EPYC VM).
@@ -18,6 +21,7 @@ use rayon::prelude::*;
 use std::sync::Mutex;
 
 use crate::cpu::{dispatch, span, Coeffs};
+use crate::precision::{self, Mode, Store};
 use crate::quant::{
     blocks, dequantize, dequantize_block, quantize, quantize_block, signed_map, unsigned_map, BLOCK,
 };
@@ -103,15 +107,27 @@ impl Moments8 {
 }
 
 /// A param dtype of the 8-bit pass: how its slices are found in candle's storage and how a block
-/// is loaded to f32 and stored back. `load` / `store` are the whole param side of the pass (the
-/// place where a low-precision update mode plugs in).
+/// is loaded to f32 and stored back. `load_param` / `store` are the whole param side of the pass:
+/// f16 / bf16 go through [`precision::load_block`] / [`precision::store_block`] (the rounding
+/// modes), f32 is copied.
 pub(crate) trait Param8: Copy + Send + Sync + 'static {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
-    /// `dst[i] = src[i]` as f32 (exact).
+    /// `dst[i] = src[i]` as f32 (exact): the gradient.
     fn load(src: &[Self], dst: &mut [f32]);
-    /// `dst[i] = src[i]` rounded to `Self` (nearest even).
-    fn store(src: &[f32], dst: &mut [Self]);
+    /// The param block `p` as f32 in `dst[..p.len()]`, with its buffer `aux` under `mode`.
+    fn load_param(p: &[Self], aux: &[u16], mode: Mode, dst: &mut [f32]);
+    /// Stores `x` (the rule's result for the loaded `old`) into `p` and `aux` under `st`;
+    /// `first` is the index of `p[0]` in its variable.
+    fn store(x: &[f32], old: &[f32], p: &mut [Self], aux: &mut [u16], st: &Store, first: u64);
+}
+
+/// The param side of one task: the param's rounding buffer for the task's elements (empty when
+/// its mode has none), how it is stored, and the index of the task's first element.
+struct ParamSide<'a> {
+    aux: &'a mut [u16],
+    st: &'a Store,
+    first: u64,
 }
 
 macro_rules! param8_storage {
@@ -138,8 +154,12 @@ impl Param8 for f32 {
         dst.copy_from_slice(src);
     }
     #[inline(always)]
-    fn store(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
+    fn load_param(p: &[f32], _aux: &[u16], _mode: Mode, dst: &mut [f32]) {
+        dst[..p.len()].copy_from_slice(p);
+    }
+    #[inline(always)]
+    fn store(x: &[f32], _old: &[f32], p: &mut [f32], _aux: &mut [u16], _st: &Store, _first: u64) {
+        p.copy_from_slice(&x[..p.len()]); // f32: nothing to round (its mode is always nearest)
     }
 }
 
@@ -152,8 +172,19 @@ macro_rules! param8_half {
                 src.convert_to_f32_slice(dst);
             }
             #[inline(always)]
-            fn store(src: &[f32], dst: &mut [$t]) {
-                dst.convert_from_f32_slice(src);
+            fn load_param(p: &[$t], aux: &[u16], mode: Mode, dst: &mut [f32]) {
+                precision::load_block(p, aux, mode, dst);
+            }
+            #[inline(always)]
+            fn store(
+                x: &[f32],
+                old: &[f32],
+                p: &mut [$t],
+                aux: &mut [u16],
+                st: &Store,
+                first: u64,
+            ) {
+                precision::store_block(p, aux, x, old, st, first);
             }
         }
     };
@@ -167,8 +198,18 @@ type Share<'a> = (&'a mut [u8], &'a mut [f32], &'a mut [u8], &'a mut [f32]);
 /// The fused step on whole quantization blocks (`p.len()` elements, `ceil(p.len() / BLOCK)`
 /// absmax per moment).
 #[inline(always)]
-fn update_blocks<P: Param8>(p: &mut [P], g: &[P], s: Share<'_>, k: &Coeffs<f32>, frozen: bool) {
+fn update_blocks<P: Param8>(
+    p: &mut [P],
+    g: &[P],
+    s: Share<'_>,
+    k: &Coeffs<f32>,
+    frozen: bool,
+    ps: ParamSide<'_>,
+) {
     let (mc, ma, vc, va) = s;
+    let ParamSide { aux, st, first } = ps;
+    let kahan = st.mode == Mode::Kahan;
+    let mut old = [0f32; BLOCK];
     let (smap, umap) = (signed_map(), unsigned_map());
     let mut pf = [0f32; BLOCK];
     let mut gf = [0f32; BLOCK];
@@ -194,7 +235,11 @@ fn update_blocks<P: Param8>(p: &mut [P], g: &[P], s: Share<'_>, k: &Coeffs<f32>,
             prefetch(base.wrapping_add((b + PREFETCH_BLOCKS) * bytes), bytes);
         }
         let n = p.len();
-        P::load(p, &mut pf[..n]);
+        let aux = precision::aux_range(aux, b * BLOCK, n);
+        P::load_param(p, aux, st.mode, &mut pf[..n]);
+        if kahan {
+            old[..n].copy_from_slice(&pf[..n]);
+        }
         P::load(g, &mut gf[..n]);
         dequantize_block(smap, mc, *ma, &mut mf[..n]);
         dequantize_block(umap, vc, *va, &mut vf[..n]);
@@ -202,7 +247,7 @@ fn update_blocks<P: Param8>(p: &mut [P], g: &[P], s: Share<'_>, k: &Coeffs<f32>,
         *ma = quantize_block(smap, &mf[..n], mc);
         *va = quantize_block(umap, &vf[..n], vc);
         if !frozen {
-            P::store(&pf[..n], p);
+            P::store(&pf[..n], &old[..n], p, aux, st, first + (b * BLOCK) as u64);
         }
     }
 }
@@ -227,25 +272,42 @@ fn prefetch(ptr: *const u8, bytes: usize) {
 /// [`update_blocks`], compiled for AVX2 where the CPU has it (only the vector width changes: no
 /// FMA contraction, exact IEEE division and square root, so the results are identical).
 #[inline]
-fn update_task<P: Param8>(p: &mut [P], g: &[P], s: Share<'_>, k: &Coeffs<f32>, frozen: bool) {
+fn update_task<P: Param8>(
+    p: &mut [P],
+    g: &[P],
+    s: Share<'_>,
+    k: &Coeffs<f32>,
+    frozen: bool,
+    ps: ParamSide<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { update_avx2(p, g, s, k, frozen) };
+        return unsafe { update_avx2(p, g, s, k, frozen, ps) };
     }
-    update_blocks(p, g, s, k, frozen)
+    update_blocks(p, g, s, k, frozen, ps)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn update_avx2<P: Param8>(p: &mut [P], g: &[P], s: Share<'_>, k: &Coeffs<f32>, f: bool) {
-    update_blocks(p, g, s, k, f)
+unsafe fn update_avx2<P: Param8>(
+    p: &mut [P],
+    g: &[P],
+    s: Share<'_>,
+    k: &Coeffs<f32>,
+    f: bool,
+    ps: ParamSide<'_>,
+) {
+    update_blocks(p, g, s, k, f, ps)
 }
 
-/// The in-place op: param is the destination, grad the source, the 8-bit moments ride along.
+/// The in-place op: param is the destination, grad the source, the 8-bit moments and the
+/// param's rounding buffer (empty when its mode has none) ride along.
 struct Step8Op<'a> {
     moments: Mutex<&'a mut Moments8>,
     k: &'a StepScalars,
+    aux: Mutex<&'a mut [u16]>,
+    st: Store,
 }
 
 impl Step8Op<'_> {
@@ -267,21 +329,30 @@ impl Step8Op<'_> {
         if g.len() != p.len() || mo.len() != p.len() || mo.v.len() != p.len() {
             bail!("RAdam: parameter, gradient and 8-bit moments differ in length");
         }
+        let mut aux = self.aux.lock().unwrap_or_else(|e| e.into_inner());
+        if !aux.is_empty() && aux.len() != p.len() {
+            bail!("RAdam: parameter and its rounding buffer differ in length");
+        }
         let k = Coeffs::<f32>::new(self.k);
         let frozen = self.k.update == Update::Frozen;
+        let st = &self.st;
         let task = BLOCKS_PER_TASK * BLOCK;
         if p.len() <= task {
             let s = (&mut mo.m[..], &mut mo.m_absmax[..], &mut mo.v[..], &mut mo.v_absmax[..]);
-            update_task(p, g, s, &k, frozen);
+            update_task(p, g, s, &k, frozen, ParamSide { aux: &mut aux, st, first: 0 });
         } else {
+            let aux = precision::aux_chunks(&mut aux, p.len().div_ceil(task), task);
             p.par_chunks_mut(task)
                 .zip(g.par_chunks(task))
                 .zip(mo.m.par_chunks_mut(task))
                 .zip(mo.m_absmax.par_chunks_mut(BLOCKS_PER_TASK))
                 .zip(mo.v.par_chunks_mut(task))
                 .zip(mo.v_absmax.par_chunks_mut(BLOCKS_PER_TASK))
-                .for_each(|(((((p, g), mc), ma), vc), va)| {
-                    update_task(p, g, (mc, ma, vc, va), &k, frozen)
+                .zip(aux.into_par_iter())
+                .enumerate()
+                .for_each(|(c, ((((((p, g), mc), ma), vc), va), aux))| {
+                    let ps = ParamSide { aux, st, first: (c * task) as u64 };
+                    update_task(p, g, (mc, ma, vc, va), &k, frozen, ps)
                 });
         }
         Ok(())
@@ -312,15 +383,19 @@ impl InplaceOp2 for Step8Op<'_> {
     }
 }
 
-/// One step for one CPU variable with 8-bit state. The caller has checked shapes, dtypes,
-/// devices, contiguity and that `grad` does not share `param`'s storage.
+/// One step for one CPU variable with 8-bit state, its param stored under `st` with its buffer
+/// `aux` (empty when the mode has none). The caller has checked shapes, dtypes, devices,
+/// contiguity and that `grad` does not share `param`'s storage.
 pub(crate) fn step(
     param: &Tensor,
     grad: &Tensor,
     moments: &mut Moments8,
     k: &StepScalars,
+    aux: &mut [u16],
+    st: Store,
 ) -> Result<()> {
-    param.inplace_op2(grad, &Step8Op { moments: Mutex::new(moments), k })
+    let op = Step8Op { moments: Mutex::new(moments), k, aux: Mutex::new(aux), st };
+    param.inplace_op2(grad, &op)
 }
 
 #[cfg(test)]
@@ -403,7 +478,7 @@ mod tests {
                 v: u8s(&f, &key("v_codes")),
                 v_absmax: f32s(&f, &key("v_absmax")),
             };
-            step(&p, &g, &mut mo, &k).unwrap();
+            step(&p, &g, &mut mo, &k, &mut [], Store::NEAREST).unwrap();
             assert_eq!(mo.m, u8s(&f, &key("m_codes_out")), "{case}: m codes");
             assert_eq!(mo.v, u8s(&f, &key("v_codes_out")), "{case}: v codes");
             assert_eq!(bits(&mo.m_absmax), bits(&f32s(&f, &key("m_absmax_out"))));
@@ -429,8 +504,8 @@ mod tests {
             let g32 = gh.to_dtype(DType::F32).unwrap();
             let m0 = Moments8::from_f32(&g, &g.iter().map(|x| x * x).collect::<Vec<_>>());
             let (mut a, mut b) = (m0.clone(), m0);
-            step(&p, &gh, &mut a, &k).unwrap();
-            step(&p32, &g32, &mut b, &k).unwrap();
+            step(&p, &gh, &mut a, &k, &mut [], Store::NEAREST).unwrap();
+            step(&p32, &g32, &mut b, &k, &mut [], Store::NEAREST).unwrap();
             assert_eq!(a, b, "{dt:?}: moments");
             let want = p32.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap();
             let have = p.to_dtype(DType::F32).unwrap();
@@ -452,7 +527,7 @@ mod tests {
         let g = whole.affine(0.1, 0.01).unwrap();
         let m0 = Moments8::from_f32(&x, &x.iter().map(|e| e * e).collect::<Vec<_>>());
         let mut mw = m0.clone();
-        step(&whole, &g, &mut mw, &k).unwrap();
+        step(&whole, &g, &mut mw, &k, &mut [], Store::NEAREST).unwrap();
         let task = BLOCKS_PER_TASK * BLOCK;
         let gv = g.to_vec1::<f32>().unwrap();
         let mut out = Vec::new();
@@ -466,7 +541,8 @@ mod tests {
                 v_absmax: m0.v_absmax[b..b + nb].to_vec(),
             };
             let p = Tensor::new(xs, &Device::Cpu).unwrap();
-            step(&p, &Tensor::new(gs, &Device::Cpu).unwrap(), &mut mo, &k).unwrap();
+            let gs = Tensor::new(gs, &Device::Cpu).unwrap();
+            step(&p, &gs, &mut mo, &k, &mut [], Store::NEAREST).unwrap();
             out.extend(p.to_vec1::<f32>().unwrap());
             assert_eq!(mo.m, mw.m[i * task..i * task + xs.len()]);
             assert_eq!(mo.v_absmax, mw.v_absmax[b..b + nb]);

@@ -32,6 +32,7 @@ use cudarc::driver::{
     CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 
+use crate::precision::Store;
 use crate::rule::StepScalars;
 
 /// The base PTX (no bf16 kernels), JIT-compiled by the driver for any supported GPU.
@@ -203,6 +204,10 @@ pub(crate) struct Item<'a> {
     pub moments: &'a mut CudaMoments,
     /// Index of this variable's scalar set in the step's `sets` (0 for the non-finite check).
     pub set: u32,
+    /// The param's rounding buffer (`Entry::aux`), when its mode has one.
+    pub aux: Option<&'a mut CudaSlice<u16>>,
+    /// How the param is stored: mode (`Entry::flags` bits 4-5) and stream (`Entry::key`).
+    pub store: Store,
 }
 
 /// The four param dtypes, in launch order, with their kernel names: update, non-finite check,
@@ -228,7 +233,7 @@ fn kind_kernel(kind: usize) -> (DType, &'static str) {
 }
 
 /// Device pointers of one tensor, the raw material of a table entry.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Ptrs {
     p: u64,
     g: u64,
@@ -241,6 +246,27 @@ struct Ptrs {
     /// moments.
     m_absmax: u64,
     v_absmax: u64,
+    /// The rounding buffer (`Entry::aux`, 0 when none), the mode (`Entry::flags` bits 4-5) and
+    /// the stochastic-rounding stream word (`Entry::key`).
+    aux: u64,
+    mode: u8,
+    key: u64,
+}
+
+impl Ptrs {
+    const NONE: Ptrs = Ptrs {
+        p: 0,
+        g: 0,
+        m: 0,
+        v: 0,
+        n: 0,
+        set: 0,
+        m_absmax: 0,
+        v_absmax: 0,
+        aux: 0,
+        mode: 0,
+        key: 0,
+    };
 }
 
 /// The raw device pointer of a contiguous CUDA tensor's first element. The returned guard must
@@ -360,8 +386,9 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
         let table_word = words.len();
         let mut map: Vec<u32> = Vec::new();
         for (e, (item, p)) in members.iter().enumerate() {
-            let aligned = (p.p | p.g | p.m | p.v) % 16 == 0;
-            let flags = aligned as u64 | (((p.g % 16 == 0) as u64) << 1);
+            let aligned = (p.p | p.g | p.m | p.v | p.aux) % 16 == 0;
+            let flags =
+                aligned as u64 | (((p.g % 16 == 0) as u64) << 1) | ((p.mode as u64 & 3) << 4);
             let first_block = map.len() as u64;
             // Word 6: `uint32_t flags` (low half) then `uint32_t set` (high half).
             let flags_set = flags | (p.set as u64) << 32;
@@ -374,8 +401,8 @@ fn build_table(items: &[(DType, Ptrs)]) -> Result<(Vec<u64>, Vec<Group>)> {
                 first_block,
                 flags_set,
                 *item as u64,
-                0,
-                0,
+                p.aux,
+                p.key,
                 p.m_absmax,
                 p.v_absmax,
             ];
@@ -500,7 +527,7 @@ where
             gp = ptr;
             guards.push(guard);
         }
-        table.push((g.dtype(), Ptrs { g: gp, n, ..Default::default() }));
+        table.push((g.dtype(), Ptrs { g: gp, n, ..Ptrs::NONE }));
     }
     let (words, groups) = build_table(&table)?;
     if groups.is_empty() {
@@ -575,7 +602,7 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
             bail!("RAdam: param, grad and moments of one variable disagree in dtype or size");
         }
         if n == 0 {
-            table.push((p.dtype(), Ptrs::default()));
+            table.push((p.dtype(), Ptrs::NONE));
             continue;
         }
         let (pp, pguard) = raw_ptr(ps, p, pl.start_offset(), &stream)?;
@@ -613,10 +640,34 @@ pub(crate) fn step(items: &mut [Item<'_>], sets: &[StepScalars]) -> Result<()> {
         if it.set as usize >= sets.len() {
             bail!("RAdam: scalar set {} of {} does not exist", it.set, sets.len());
         }
+        let mode = it.store.mode;
+        let ap = match (&mut it.aux, mode.has_aux()) {
+            (Some(a), true) if a.len() == n => {
+                let (ap, ag) = a.device_ptr_mut(&stream);
+                guards.push(ag);
+                ap
+            }
+            (_, false) => 0,
+            _ => bail!("RAdam: the rounding buffer of a {:?} variable is missing", p.dtype()),
+        };
+        let key = it.store.stream;
+        let (mp, vp, set, n) = (mp, vp, it.set, n as u64);
         let (m_absmax, v_absmax) = (ma, va);
         table.push((
             p.dtype(),
-            Ptrs { p: pp, g: gp, m: mp, v: vp, n: n as u64, set: it.set, m_absmax, v_absmax },
+            Ptrs {
+                p: pp,
+                g: gp,
+                m: mp,
+                v: vp,
+                n,
+                set,
+                m_absmax,
+                v_absmax,
+                aux: ap,
+                mode: mode as u8,
+                key,
+            },
         ));
     }
     let (words, groups) = build_table(&table)?;
@@ -673,14 +724,7 @@ mod tests {
     use super::*;
 
     fn ptrs(base: u64, n: u64) -> Ptrs {
-        Ptrs {
-            p: base,
-            g: base + 0x1000,
-            m: base + 0x2000,
-            v: base + 0x3000,
-            n,
-            ..Default::default()
-        }
+        Ptrs { p: base, g: base + 0x1000, m: base + 0x2000, v: base + 0x3000, n, ..Ptrs::NONE }
     }
 
     /// The layout `kernels/radam.cu` reads (and `kernels/emu` checks): per dtype group (the
@@ -693,9 +737,13 @@ mod tests {
             (DType::F16, ptrs(0x10_0000, 4097)), // 2 blocks
             (DType::F32, ptrs(0x20_0000, 0)),    // empty: no entry, no block
             (DType::F32, ptrs(0x30_0004, 1)),    // unaligned param
-            (DType::F16, ptrs(0x40_0000, 4096)), // exactly 1 block
+            // exactly 1 block; bf16-style rounding fields: buffer, mode 3 (bits 4-5), stream word
+            (
+                DType::F16,
+                Ptrs { aux: 0x60_0000, mode: 3, key: 0xdead_beef, ..ptrs(0x40_0000, 4096) },
+            ),
             (DType::F32, Ptrs { set: 5, ..ptrs(0x50_0000, 3 * CHUNK + 1) }), // scalar set 5
-            (DType::F32, q8),                    // 8-bit state: its own group, absmax in 10-11
+            (DType::F32, q8), // 8-bit state: its own group, absmax in 10-11
         ];
         let (w, groups) = build_table(&items).unwrap();
         // F32 group first (KINDS order), then F16, then the 8-bit F32 group.
@@ -739,7 +787,20 @@ mod tests {
         );
         assert_eq!(
             &w[39..51],
-            &[0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 4096, 2, 0b11, 3, 0, 0, 0, 0]
+            &[
+                0x40_0000,
+                0x40_1000,
+                0x40_2000,
+                0x40_3000,
+                4096,
+                2,
+                3 << 4 | 0b11,
+                3,
+                0x60_0000,
+                0xdead_beef,
+                0,
+                0
+            ]
         );
         assert_eq!(&w[51..53], &[0, 1]); // map 0,0,1
         assert_eq!(

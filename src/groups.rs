@@ -18,6 +18,7 @@ use candle_core::{bail, Result, Var};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::params::ParamsRAdam;
+use crate::precision::Rounding;
 use crate::quant::StateFormat;
 
 /// Name of the group of the variables no [`ParamGroup`] selects.
@@ -79,6 +80,8 @@ pub struct ParamGroup {
     /// Overrides the optimizer's [`StateFormat`] (e.g. [`StateFormat::Full`] to keep an
     /// embedding's moments in 32 bits under an 8-bit optimizer).
     pub state_format: Option<StateFormat>,
+    /// Overrides `rounding` (how f16 / bf16 parameters take their update, [`Rounding`]).
+    pub rounding: Option<Rounding>,
 }
 
 impl ParamGroup {
@@ -95,6 +98,7 @@ impl ParamGroup {
             degenerate_to_sgd: None,
             rectify: None,
             state_format: None,
+            rounding: None,
         }
     }
 
@@ -184,6 +188,11 @@ impl ParamGroup {
         self.rectify = Some(x);
         self
     }
+    /// Sets `rounding` (e.g. [`Rounding::Remainder`] for the bf16 embeddings only).
+    pub fn rounding(mut self, x: Rounding) -> Self {
+        self.rounding = Some(x);
+        self
+    }
 
     /// Sets how the group's moments are stored. Under an optimizer with 8-bit state
     /// ([`crate::RAdam::with_state_format`]), `StateFormat::Full` is bitsandbytes' "stable
@@ -258,6 +267,7 @@ impl ParamGroup {
                 .unwrap_or(base.decoupled_weight_decay),
             degenerate_to_sgd: self.degenerate_to_sgd.unwrap_or(base.degenerate_to_sgd),
             rectify: self.rectify.unwrap_or(base.rectify),
+            rounding: self.rounding.unwrap_or(base.rounding),
             ..base.clone()
         }
     }

@@ -103,15 +103,23 @@
 //! quantization, Dettmers et al. 2022): about 2.03 bytes of state per parameter instead of 8
 //! ([`RAdam::state_bytes_per_param`]). Tensors below 4096 elements keep 32-bit moments, groups can
 //! opt out ([`ParamGroup::state_format`], e.g. embeddings) or in, and saved state converts
-//! between the two formats at load. The maps, the algorithm, the memory and when not to use it:
-//! module [`quant`].
+//! between the two formats at load. It combines with every [`Rounding`] mode of f16 / bf16
+//! parameters (below): e.g. bf16 + [`Rounding::Remainder`] + 8-bit state is 2 + 2 + 2.03 bytes
+//! per parameter (param, remainder, moments) and still follows an f32-parameter run with 8-bit
+//! state bit for bit. The maps, the algorithm, the memory and when not to use it: module
+//! [`quant`].
 //!
 //! ## Dtypes
 //!
 //! f32 and f64 variables keep their moments in their own dtype. f16 and bf16 variables keep f32
-//! moments; the update is computed in f32 from the parameter's value and rounded back to the
-//! parameter's dtype (round to nearest even), as the original repository does. Gradients arrive in
-//! the parameter's dtype.
+//! moments; the update is computed in f32 and written back to the parameter's dtype as
+//! [`ParamsRAdam::rounding`] says ([`Rounding`], per group with [`ParamGroup::rounding`]): round
+//! to nearest even (the default, as the original repository does; it loses every update below
+//! half an ulp: a bf16 weight 1.0 with gradient 1.0 and `lr = 1e-3` never moves), the exact
+//! "16+16" remainder for bf16 (+2 bytes per parameter; the f32 trajectory bit for bit, see
+//! [`RAdam::set_master_weights`] / [`RAdam::master_weights`]), Kahan compensation (+2 bytes), or
+//! stochastic rounding (0 bytes). See [`precision`] for the algorithms, the memory and when to
+//! use which. Gradients arrive in the parameter's dtype.
 //!
 //! ## Example
 //!
@@ -154,6 +162,7 @@ mod groups;
 mod moments;
 mod optimizer;
 mod params;
+pub mod precision;
 pub mod quant;
 pub mod rule;
 mod scaler;
@@ -164,6 +173,7 @@ pub use groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 pub use moments::moment_dtype;
 pub use optimizer::RAdam;
 pub use params::{NonFinite, ParamsRAdam};
+pub use precision::Rounding;
 pub use quant::StateFormat;
 pub use rule::{StepScalars, Update};
 pub use scaler::LossScaler;

@@ -162,16 +162,19 @@ pub(crate) fn check_8bit_dtype(dtype: DType) -> candle_core::Result<()> {
     }
 }
 
-/// One step for one CPU variable, full or 8-bit moments.
+/// One step for one CPU variable, full or 8-bit moments, its param stored under `st` with its
+/// buffer `aux` (empty when the mode has none).
 pub(crate) fn cpu_step(
     param: &Tensor,
     grad: &Tensor,
     moments: &mut Moments,
     k: &crate::rule::StepScalars,
+    aux: &mut [u16],
+    st: crate::precision::Store,
 ) -> candle_core::Result<()> {
     match moments {
-        Moments::Cpu(m) => crate::cpu::step(param, grad, m, k),
-        Moments::Cpu8(q) => crate::cpu8::step(param, grad, q, k),
+        Moments::Cpu(m) => crate::cpu::step(param, grad, m, k, aux, st),
+        Moments::Cpu8(q) => crate::cpu8::step(param, grad, q, k, aux, st),
         #[cfg(feature = "cuda")]
         Moments::Cuda(_) => bail!("RAdam: CUDA moments in the CPU step"),
     }

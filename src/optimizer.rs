@@ -8,6 +8,7 @@ use crate::clip::{check_max_norm, clip_coef, grad_norm};
 use crate::groups::{GroupInfo, ParamGroup, DEFAULT_GROUP};
 use crate::moments::{moment_dtype, Moments};
 use crate::params::{check_lr, NonFinite, ParamsRAdam};
+use crate::precision::{Aux, Mode, Store};
 use crate::quant::StateFormat;
 use crate::rule::{ScalarSets, StepScalars};
 use crate::scaler::{DynamicScale, LossScaler};
@@ -21,6 +22,11 @@ pub(crate) struct Slot {
     pub(crate) group: usize,
     /// This variable's step count `t` (torch's `state['step']`): steps it had a gradient on.
     pub(crate) step: u64,
+    /// The buffer of its rounding mode ([`crate::Rounding`]) and the mode it holds data for.
+    pub(crate) aux: Aux,
+    pub(crate) aux_mode: Mode,
+    /// Its stochastic-rounding stream key (from its name; saved and restored with the state).
+    pub(crate) key: u64,
 }
 
 /// Rectified Adam. See the [crate] documentation for the algorithm.
@@ -118,7 +124,11 @@ impl RAdam {
             }
             let moments = Moments::zeros(var.as_tensor(), false)
                 .map_err(|e| e.context(format!("variable '{name}'")))?;
-            slots.push(Slot { name, var, moments, group: 0, step: 0 });
+            params.rounding.check(var.dtype(), &name)?;
+            let mode = params.rounding.mode_for(var.dtype());
+            let aux = Aux::zeros(var.as_tensor(), mode)?;
+            let key = crate::precision::key_of(&name);
+            slots.push(Slot { name, var, moments, group: 0, step: 0, aux, aux_mode: mode, key });
         }
         Ok(Self {
             slots,
@@ -170,6 +180,10 @@ impl RAdam {
         }
         let assigned =
             crate::groups::assign(&groups, self.slots.iter().map(|s| (s.name.as_str(), &s.var)))?;
+        for (s, &g) in self.slots.iter().zip(&assigned) {
+            let r = groups.get(g).and_then(|x| x.rounding).unwrap_or(self.params.rounding);
+            r.check(s.var.dtype(), &s.name)?;
+        }
         let formats = |g: usize| groups.get(g).and_then(|x| x.state_format);
         let eight = self.plan_formats(&assigned, self.state_format, formats)?;
         self.convert_moments(&eight)?;
@@ -177,7 +191,92 @@ impl RAdam {
             s.group = g;
         }
         self.groups = groups;
+        self.sync_aux()
+    }
+
+    /// Checks every variable's effective [`crate::Rounding`] against its dtype under `params`
+    /// (the optimizer's, with the current groups).
+    fn check_rounding(&self, params: &ParamsRAdam) -> Result<()> {
+        for s in &self.slots {
+            let r = self.groups.get(s.group).and_then(|x| x.rounding).unwrap_or(params.rounding);
+            r.check(s.var.dtype(), &s.name)?;
+        }
         Ok(())
+    }
+
+    /// Gives every variable the buffer of its current mode: kept while the mode stays the same,
+    /// zeros when it changes to a mode with a buffer (the remainder / compensation starts at
+    /// zero, i.e. from the parameter's value), dropped for a mode without one.
+    fn sync_aux(&mut self) -> Result<()> {
+        let modes: Vec<Mode> = self
+            .slots
+            .iter()
+            .map(|s| self.group_params(s.group).rounding.mode_for(s.var.dtype()))
+            .collect();
+        for (s, mode) in self.slots.iter_mut().zip(modes) {
+            if s.aux_mode != mode {
+                s.aux = Aux::zeros(s.var.as_tensor(), mode)?;
+                s.aux_mode = mode;
+            }
+        }
+        Ok(())
+    }
+
+    /// The f32 master value of variable `name` (shaped like it): for a bf16 variable under
+    /// [`crate::Rounding::Remainder`], the exact f32 rebuilt from the parameter (upper half) and
+    /// its remainder (lower half); under [`crate::Rounding::Kahan`], `p + c` (param plus
+    /// compensation, in f32); otherwise the parameter converted to f32 (f64 variables: their
+    /// value, rounded to f32). On the variable's device (computed on the host: one copy each
+    /// way). Errors if no variable has that name.
+    pub fn master_weights(&self, name: &str) -> Result<Tensor> {
+        let s = self.slot(name)?;
+        let p = s.var.as_tensor();
+        let cpu = candle_core::Device::Cpu;
+        if !s.aux_mode.has_aux() {
+            // Converted on the host: no candle kernel runs on the device.
+            return p.to_device(&cpu)?.to_dtype(candle_core::DType::F32)?.to_device(p.device());
+        }
+        let bits = half_bits(p)?;
+        let x = crate::precision::master_values(p.dtype(), &bits, &s.aux.to_vec()?, s.aux_mode);
+        Tensor::from_vec(x, p.shape(), &cpu)?.to_device(p.device())
+    }
+
+    /// Sets variable `name` from f32 master values (a tensor of its shape, any float dtype,
+    /// converted to f32 first), so that a bf16 run under [`crate::Rounding::Remainder`] starts
+    /// from exactly these f32 values: the parameter gets their upper halves (truncation), the
+    /// remainder their lower halves. Under [`crate::Rounding::Kahan`] the parameter gets the
+    /// nearest half value and the compensation the rounded rest; otherwise the parameter is set
+    /// to the values converted to its dtype (nearest even). Moments and step counts are kept.
+    /// Errors if no variable has that name or the shape differs.
+    pub fn set_master_weights(&mut self, name: &str, values: &Tensor) -> Result<()> {
+        let i = self.slots.iter().position(|s| s.name == name);
+        let Some(i) = i else { bail!("RAdam: no variable is named '{name}'") };
+        let s = &mut self.slots[i];
+        if values.dims() != s.var.dims() {
+            bail!(
+                "RAdam: set_master_weights('{name}'): values have shape {:?}, the variable {:?}",
+                values.dims(),
+                s.var.dims()
+            );
+        }
+        // Converted on the host: no candle kernel runs on the device.
+        let x = values.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
+        if !s.aux_mode.has_aux() {
+            return s.var.set(&x.to_dtype(s.var.dtype())?.to_device(s.var.device())?);
+        }
+        let flat = x.flatten_all()?.to_vec1::<f32>()?;
+        let (p, aux) = crate::precision::split_values(s.var.dtype(), &flat, s.aux_mode);
+        let p = from_half_bits(s.var.dtype(), p, s.var.shape())?;
+        s.var.set(&p.to_device(s.var.device())?)?;
+        s.aux = Aux::from_vec(s.var.as_tensor(), aux)?;
+        Ok(())
+    }
+
+    fn slot(&self, name: &str) -> Result<&Slot> {
+        match self.slots.iter().find(|s| s.name == name) {
+            Some(s) => Ok(s),
+            None => bail!("RAdam: no variable is named '{name}'"),
+        }
     }
 
     /// Every group, the default group ([`DEFAULT_GROUP`]) last, with its effective
@@ -221,9 +320,10 @@ impl RAdam {
         for g in &self.groups {
             g.validate(&params)?;
         }
+        self.check_rounding(&params)?;
         self.params = params;
         self.bad_lr = None;
-        Ok(())
+        self.sync_aux()
     }
 
     /// Optimizer steps taken: the steps on which at least one variable had a gradient and that
@@ -317,7 +417,7 @@ impl RAdam {
         {
             let by_slot = grads_by_slot(self.slots.len(), work, &[]);
             let mut found = None;
-            for (slot_ids, items) in cuda_batches(&mut self.slots, &by_slot) {
+            for (slot_ids, items) in cuda_batches(&mut self.slots, &by_slot, &[]) {
                 if let Some(k) = crate::cuda::first_nonfinite(&items)? {
                     found = Some(slot_ids[k]);
                     break;
@@ -389,7 +489,7 @@ impl RAdam {
                 pos[*i] = j;
             }
             let by_slot = grads_by_slot(self.slots.len(), work, &[]);
-            for (slot_ids, items) in cuda_batches(&mut self.slots, &by_slot) {
+            for (slot_ids, items) in cuda_batches(&mut self.slots, &by_slot, &[]) {
                 for (i, x) in slot_ids.iter().zip(crate::cuda::sumsq(&items)?) {
                     out[pos[*i]] = x;
                 }
@@ -405,23 +505,31 @@ impl RAdam {
         work: &[(usize, Tensor)],
         sets: &[StepScalars],
         set_of: &[u32],
+        stores: &[Store],
     ) -> Result<()> {
         let by_slot = grads_by_slot(self.slots.len(), work, set_of);
+        let mut store_of = vec![Store::NEAREST; self.slots.len()];
+        for ((i, _), st) in work.iter().zip(stores) {
+            store_of[*i] = *st;
+        }
         #[cfg(feature = "cuda")]
-        for (_, mut items) in cuda_batches(&mut self.slots, &by_slot) {
+        for (_, mut items) in cuda_batches(&mut self.slots, &by_slot, &store_of) {
             crate::cuda::step(&mut items, sets)?;
         }
         // CPU variables: in parallel across variables (each large one is also split in chunks).
         self.slots
             .par_iter_mut()
             .zip(by_slot.par_iter())
-            .filter_map(|(s, g)| match (&mut s.moments, g) {
+            .zip(store_of.par_iter())
+            .filter_map(|((s, g), st)| match (&mut s.moments, g) {
                 (m @ (Moments::Cpu(_) | Moments::Cpu8(_)), Some((g, k))) => {
-                    Some((&s.var, *g, m, &sets[*k as usize]))
+                    Some((&s.var, *g, m, &sets[*k as usize], s.aux.cpu_slice(), *st))
                 }
                 _ => None,
             })
-            .try_for_each(|(var, g, m, k)| crate::moments::cpu_step(var.as_tensor(), g, m, k))
+            .try_for_each(|(var, g, m, k, aux, st)| {
+                crate::moments::cpu_step(var.as_tensor(), g, m, k, aux, st)
+            })
     }
 }
 
@@ -448,13 +556,19 @@ fn grads_by_slot<'a>(
 fn cuda_batches<'a>(
     slots: &'a mut [Slot],
     by_slot: &[Option<(&'a Tensor, u32)>],
+    stores: &[Store],
 ) -> Vec<(Vec<usize>, Vec<crate::cuda::Item<'a>>)> {
     let mut batches: Vec<(&'a candle_core::Device, Vec<usize>, Vec<crate::cuda::Item<'a>>)> =
         Vec::new();
     for (i, (s, g)) in slots.iter_mut().zip(by_slot).enumerate() {
         let (Moments::Cuda(m), Some((g, set))) = (&mut s.moments, g) else { continue };
         let param = s.var.as_tensor();
-        let item = crate::cuda::Item { param, grad: g, moments: m, set: *set };
+        let aux = match &mut s.aux {
+            Aux::Cuda(a, _) => Some(a),
+            _ => None,
+        };
+        let store = stores.get(i).copied().unwrap_or(Store::NEAREST);
+        let item = crate::cuda::Item { param, grad: g, moments: m, set: *set, aux, store };
         match batches.iter_mut().find(|(d, _, _)| d.same_device(param.device())) {
             Some((_, ids, items)) => {
                 ids.push(i);
@@ -464,6 +578,38 @@ fn cuda_batches<'a>(
         }
     }
     batches.into_iter().map(|(_, ids, items)| (ids, items)).collect()
+}
+
+/// The bits of an f16 / bf16 tensor, row-major.
+fn half_bits(t: &Tensor) -> Result<Vec<u16>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        candle_core::DType::BF16 => {
+            t.to_vec1::<half::bf16>()?.iter().map(|x| x.to_bits()).collect()
+        }
+        candle_core::DType::F16 => t.to_vec1::<half::f16>()?.iter().map(|x| x.to_bits()).collect(),
+        d => bail!("RAdam: expected an f16 / bf16 tensor, got {d:?}"),
+    })
+}
+
+/// A CPU tensor of `dtype` (f16 / bf16) from its bits.
+fn from_half_bits(
+    dtype: candle_core::DType,
+    bits: Vec<u16>,
+    shape: &candle_core::Shape,
+) -> Result<Tensor> {
+    let cpu = candle_core::Device::Cpu;
+    match dtype {
+        candle_core::DType::BF16 => {
+            let x: Vec<half::bf16> = bits.into_iter().map(half::bf16::from_bits).collect();
+            Tensor::from_vec(x, shape, &cpu)
+        }
+        candle_core::DType::F16 => {
+            let x: Vec<half::f16> = bits.into_iter().map(half::f16::from_bits).collect();
+            Tensor::from_vec(x, shape, &cpu)
+        }
+        d => bail!("RAdam: expected f16 / bf16, got {d:?}"),
+    }
 }
 
 /// Identity of a tensor's storage (the address of the storage behind its lock).
@@ -521,7 +667,22 @@ impl candle_nn::Optimizer for RAdam {
         for k in &mut sets.sets {
             k.grad_mult = grad_mult;
         }
-        self.apply(&work, &sets.sets, &set_of)?;
+        // How each param is stored: its mode and stochastic-rounding stream of (seed, key, t).
+        let stores: Vec<Store> = work
+            .iter()
+            .map(|(i, _)| {
+                let s = &self.slots[*i];
+                let r = group_params[s.group].rounding;
+                let mode = r.mode_for(s.var.dtype());
+                let stream = if mode == Mode::Stochastic {
+                    crate::precision::stream(r.seed(), s.key, s.step + 1)
+                } else {
+                    0
+                };
+                Store { mode, stream }
+            })
+            .collect();
+        self.apply(&work, &sets.sets, &set_of, &stores)?;
         for (i, _) in &work {
             self.slots[*i].step += 1;
         }
@@ -741,17 +902,21 @@ impl RAdam {
         Ok(())
     }
 
-    /// Bytes of optimizer state allocated for the moments of every variable: 8 per element for
+    /// Bytes of optimizer state allocated for every variable: its moments, 8 per element for
     /// f32 / f16 / bf16 variables with full moments (16 for f64), and for 8-bit ones 2 per
     /// element (the codes of `m` and `v`) plus 8 per block of [`crate::quant::BLOCK`] elements
-    /// (their f32 absmax). Step counts and other scalars are not counted.
+    /// (their f32 absmax); plus 2 per element for an f16 / bf16 variable whose
+    /// [`crate::Rounding`] keeps a buffer (`Remainder`, `Kahan`). A bf16 parameter under
+    /// `Remainder` with 8-bit state thus costs 2 (the parameter) + 2.03 + 2 = 6.03 bytes, against
+    /// 2 + 8 + 2 = 12 with full state. Step counts and other scalars are not counted.
     pub fn state_bytes(&self) -> usize {
-        self.slots.iter().map(|s| s.moments.bytes()).sum()
+        self.slots.iter().map(|s| s.moments.bytes() + s.aux.bytes()).sum()
     }
 
     /// [`RAdam::state_bytes`] per optimized parameter (element): 8 for f32 state, about 2.03
     /// under [`StateFormat::blockwise8()`] when most parameters are in tensors of 4096 elements
-    /// or more (`2 + 8 / 256 = 2.03125` for a whole number of blocks). 0 without parameters.
+    /// or more (`2 + 8 / 256 = 2.03125` for a whole number of blocks), 2 more for f16 / bf16
+    /// parameters under a rounding mode with a buffer. 0 without parameters.
     pub fn state_bytes_per_param(&self) -> f64 {
         let n: usize = self.slots.iter().map(|s| s.var.elem_count()).sum();
         if n == 0 {
@@ -761,10 +926,10 @@ impl RAdam {
         }
     }
 
-    /// Bytes of state of variable `name` ([`RAdam::state_bytes`]) and whether its moments are
-    /// 8-bit, or `None` if no variable has that name.
+    /// Bytes of state of variable `name` ([`RAdam::state_bytes`]: moments and rounding buffer)
+    /// and whether its moments are 8-bit, or `None` if no variable has that name.
     pub fn var_state(&self, name: &str) -> Option<(usize, bool)> {
         let s = self.slots.iter().find(|s| s.name == name)?;
-        Some((s.moments.bytes(), s.moments.is_8bit()))
+        Some((s.moments.bytes() + s.aux.bytes(), s.moments.is_8bit()))
     }
 }

@@ -2,6 +2,7 @@
 
 use candle_core::{bail, Result};
 
+use crate::precision::Rounding;
 use crate::rule::RHO_THRESHOLD;
 
 /// What [`step`](candle_nn::Optimizer::step) does when a gradient holds a NaN or an infinity.
@@ -57,6 +58,11 @@ pub struct ParamsRAdam {
     pub v_only_steps: u64,
     /// What to do with NaN / infinite gradients.
     pub non_finite: NonFinite,
+    /// How the f32 update of an f16 / bf16 parameter is written back ([`Rounding`]: round to
+    /// nearest by default; exact remainder, Kahan, stochastic). f32 / f64 parameters ignore it.
+    /// Checked against each variable's dtype when the optimizer is built or the groups / params
+    /// change ([`Rounding::Remainder`] needs bf16).
+    pub rounding: Rounding,
 }
 
 impl Default for ParamsRAdam {
@@ -72,6 +78,7 @@ impl Default for ParamsRAdam {
             rectify: true,
             v_only_steps: 0,
             non_finite: NonFinite::Error,
+            rounding: Rounding::Nearest,
         }
     }
 }

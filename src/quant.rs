@@ -52,9 +52,10 @@
 //! quantization block per loop iteration of a CUDA block, thread `i` on element `i`):
 //! dequantize `m` and `v`, run the unchanged f32 rule ([`crate::rule`]: every step-dependent
 //! scalar still comes from the host), take the new absmax of the block's **new** `m` and `v`,
-//! requantize, store the param (f32, or rounded to f16 / bf16). The CPU and CUDA passes agree bit
-//! for bit (same f32 operations in the same order), and `tests/golden/gen_quant8.py` (numpy)
-//! reproduces one step bit for bit.
+//! requantize, store the param (f32, or f16 / bf16 under its [`crate::Rounding`] mode, with the
+//! same param-side functions as the f32-state pass: [`crate::precision`]). The CPU and CUDA
+//! passes agree bit for bit (same f32 operations in the same order, every rounding mode), and
+//! `tests/golden/gen_quant8.py` (numpy) reproduces one step bit for bit.
 //!
 //! ## Memory
 //!
@@ -63,7 +64,9 @@
 //! moments (16 for f64) — 75% less. Tensors below `min_elements` (default
 //! [`MIN_8BIT_ELEMENTS`] = 4096, bitsandbytes' `min_8bit_size`) keep 32-bit moments: biases and
 //! norms cost little and are sensitive. [`crate::RAdam::state_bytes`] and
-//! [`crate::RAdam::state_bytes_per_param`] count what is allocated. A step moves about 16 bytes
+//! [`crate::RAdam::state_bytes_per_param`] count what is allocated (with the 2-byte buffer of a
+//! bf16 / f16 parameter under [`crate::Rounding::Remainder`] or `Kahan`: 4.03 bytes of state
+//! per parameter, 6.03 with the bf16 parameter itself). A step moves about 16 bytes
 //! per f32 parameter (p read and written, g read: 12; codes read and written: 4; the absmax)
 //! against 28 with f32 state.
 //!

@@ -13,6 +13,12 @@
 //! - `radam.group.I.GROUP`: f64 `[9]`, group `I` (named `GROUP`) as trained: `lr_scale`, `lr`,
 //!   `beta1`, `beta2`, `eps`, `weight_decay`, `decoupled_weight_decay`, `degenerate_to_sgd`,
 //!   `rectify` (booleans as 0 / 1);
+//! - `radam.prec.NAME`: i64 `[2]`, the variable's rounding record: the mode its buffer holds
+//!   data for (0 nearest, 1 remainder, 2 kahan, 3 stochastic; see [`crate::Rounding`]) and its
+//!   stochastic-rounding stream key (as i64 bits);
+//! - `radam.aux.NAME` (only for a variable whose mode keeps a buffer: bf16 remainder, f16 / bf16
+//!   Kahan): i16 `[n]`, the u16 buffer's bits (the remainder's low halves, or the Kahan
+//!   compensation as param-dtype bits);
 //! - `radam.step` and `radam.skipped`: i64 `[1]`, the optimizer's step and skipped-step counts;
 //! - `radam.loss_scale` (only with a [`crate::LossScaler`]): f64 `[2]`, the loss scale and the
 //!   scaler's growth tracker (clean steps since the scale last changed), as torch's
@@ -26,6 +32,15 @@
 //! an 8-bit variable is quantized, an 8-bit pair loaded into a variable with full moments is
 //! dequantized to f32 (`map[code] * absmax`), and [`LoadReport::converted`] says so. So a run can
 //! switch to or from 8-bit state at a resume.
+//!
+//! Rounding buffers: a variable whose current mode keeps a buffer gets the saved one when the
+//! file holds one saved under the same mode; otherwise (file without it, saved under another
+//! mode, or from before rounding modes) its buffer **starts at zero** (the remainder or
+//! compensation of the parameter's value as it is), and [`LoadReport::rounding_changes`] says
+//! so. A saved buffer the current mode does not use is dropped (also reported). The stream key
+//! comes from the file when it has one (so a resumed stochastic run continues its stream, even
+//! for a positional optimizer whose variables came back in another order), else it stays the
+//! one derived from the variable's name.
 //!
 //! The hyper-parameters are restored from the training script, not from the file: the saved
 //! groups only serve to report a different grouping ([`LoadReport`]). Likewise the scaler's
@@ -43,12 +58,15 @@ use crate::cpu8::Moments8;
 use crate::moments::{moment_dtype, Moments};
 use crate::optimizer::RAdam;
 use crate::params::ParamsRAdam;
+use crate::precision::{Aux, Mode};
 
 const STEP: &str = "radam.step";
 const SKIPPED: &str = "radam.skipped";
 const LOSS_SCALE: &str = "radam.loss_scale";
 const VAR: &str = "radam.var.";
 const GROUP: &str = "radam.group.";
+const PREC: &str = "radam.prec.";
+const AUX: &str = "radam.aux.";
 const VAR_WORDS: usize = 4;
 const GROUP_WORDS: usize = 9;
 
@@ -193,6 +211,10 @@ pub struct LoadReport {
     /// moments that were quantized to 8-bit (this optimizer's [`crate::StateFormat`] for them),
     /// or saved 8-bit and dequantized to f32, with their number.
     pub converted: Vec<String>,
+    /// One line per kind of rounding-buffer change ([`crate::Rounding`]): buffers that start at
+    /// zero (none saved, or saved under another mode) or saved ones that are dropped, with the
+    /// number of variables.
+    pub rounding_changes: Vec<String>,
 }
 
 impl LoadReport {
@@ -203,6 +225,7 @@ impl LoadReport {
             && self.remapped.is_empty()
             && self.group_changes.is_empty()
             && self.converted.is_empty()
+            && self.rounding_changes.is_empty()
     }
 }
 
@@ -227,7 +250,7 @@ impl std::fmt::Display for LoadReport {
                 self.remapped[0].1
             )?;
         }
-        for line in self.group_changes.iter().chain(&self.converted) {
+        for line in self.group_changes.iter().chain(&self.converted).chain(&self.rounding_changes) {
             writeln!(f, "  {line}")?;
         }
         Ok(())
@@ -262,7 +285,7 @@ impl RAdam {
             .par_iter()
             .map(|s| fingerprint(s.var.as_tensor()))
             .collect::<Result<Vec<u64>>>()?;
-        let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(3 * self.slots.len() + 2);
+        let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(5 * self.slots.len() + 2);
         for (s, h) in self.slots.iter().zip(hashes) {
             if let Some(q) = s.moments.to_8bit()? {
                 let [mc, ma, vc, va] = q8_keys(&s.name);
@@ -278,6 +301,14 @@ impl RAdam {
             }
             let rec = [s.step as i64, dtype_code(s.var.dtype()), h as i64, s.group as i64];
             tensors.insert(format!("{VAR}{}", s.name), Tensor::new(&rec, &Device::Cpu)?);
+            let prec = [s.aux_mode as i64, s.key as i64];
+            tensors.insert(format!("{PREC}{}", s.name), Tensor::new(&prec, &Device::Cpu)?);
+            if s.aux_mode.has_aux() {
+                let bits: Vec<i16> = s.aux.to_vec()?.into_iter().map(|x| x as i16).collect();
+                let n = bits.len();
+                tensors
+                    .insert(format!("{AUX}{}", s.name), Tensor::from_vec(bits, n, &Device::Cpu)?);
+            }
         }
         for g in 0..=self.groups.len() {
             let scale = self.groups.get(g).and_then(|x| x.lr_scale).unwrap_or(1.0);
@@ -362,8 +393,31 @@ impl RAdam {
         let mut records: HashMap<String, VarRecord> = HashMap::new();
         let mut groups: SavedGroups = BTreeMap::new();
         let keys: Vec<String> = file.keys().cloned().collect();
+        let mut precs: HashMap<String, (Mode, u64)> = HashMap::new();
+        let mut auxes: HashMap<String, Vec<u16>> = HashMap::new();
         for key in keys {
-            if let Some(name) = key.strip_prefix(VAR) {
+            if let Some(name) = key.strip_prefix(PREC) {
+                let r = read_i64s(&file[&key], &key, 2)?;
+                let Some(mode) = Mode::from_code(r[0]) else {
+                    bail!("RAdam state: '{key}' holds an invalid rounding record {r:?}");
+                };
+                precs.insert(name.to_string(), (mode, r[1] as u64));
+                file.remove(&key);
+            } else if let Some(name) = key.strip_prefix(AUX) {
+                let x = &file[&key];
+                if x.dtype() != DType::I16 || x.rank() != 1 {
+                    bail!(
+                        "RAdam state: '{key}' must be an i16 tensor of rank 1, got {:?} {:?}",
+                        x.dtype(),
+                        x.dims()
+                    );
+                }
+                auxes.insert(
+                    name.to_string(),
+                    x.to_vec1::<i16>()?.into_iter().map(|b| b as u16).collect(),
+                );
+                file.remove(&key);
+            } else if let Some(name) = key.strip_prefix(VAR) {
                 let r = read_i64s(&file[&key], &key, VAR_WORDS)?;
                 if r[0] < 0 || r[0] as u64 > t || !(0..=3).contains(&r[1]) || r[3] < 0 {
                     bail!("RAdam state: '{key}' holds an invalid record {r:?}");
@@ -452,6 +506,32 @@ impl RAdam {
                 bail!("RAdam state: {path:?} has '{VAR}{name}' but no '{}'", m_key(name));
             }
         }
+        // Rounding records and buffers belong to saved variables; a buffer needs its record
+        // and the length of its variable.
+        // (Elements of a saved variable: its 32-bit `m`, or its 8-bit codes.)
+        let saved_len = |name: &str| {
+            file.get(&m_key(name)).map(|m| m.elem_count()).or_else(|| q8.get(name).map(|q| q.len()))
+        };
+        for name in precs.keys().chain(auxes.keys()) {
+            if saved_len(name).is_none() {
+                bail!(
+                    "RAdam state: {path:?} has a rounding record or buffer for '{name}' but no \
+                     '{}'",
+                    m_key(name)
+                );
+            }
+        }
+        for (name, a) in &auxes {
+            let n = saved_len(name).unwrap_or_default();
+            match precs.get(name) {
+                Some((mode, _)) if mode.has_aux() && a.len() == n => {}
+                _ => bail!(
+                    "RAdam state: '{AUX}{name}' ({} elements) does not fit its variable ({n} \
+                     elements) or its record '{PREC}{name}' (damaged file?)",
+                    a.len()
+                ),
+            }
+        }
 
         // Which saved variable each slot takes.
         let source: Vec<String> = if self.positional {
@@ -477,6 +557,8 @@ impl RAdam {
         let mut fresh = Vec::with_capacity(self.slots.len());
         let mut steps = Vec::with_capacity(self.slots.len());
         let mut conversions: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut fresh_aux = Vec::with_capacity(self.slots.len());
+        let mut rounding: BTreeMap<String, usize> = BTreeMap::new();
         for (s, src) in self.slots.iter().zip(&source) {
             let want = moment_dtype(s.var.dtype())?;
             let mut take = |key: String| -> Result<Tensor> {
@@ -521,6 +603,36 @@ impl RAdam {
             };
             fresh.push(moments);
             steps.push(records.get(src).map_or(t, |r| r.step));
+            // The rounding buffer and stream key (rule in the module docs).
+            let saved = precs.get(src).copied();
+            let saved_aux = auxes.get(src).filter(|a| a.len() == s.var.elem_count());
+            let aux = match (s.aux_mode.has_aux(), saved, saved_aux) {
+                (true, Some((mode, _)), Some(a)) if mode == s.aux_mode => {
+                    Aux::from_vec(s.var.as_tensor(), a.clone())?
+                }
+                (true, ..) => {
+                    let why = match saved {
+                        Some((mode, _)) if mode != s.aux_mode => {
+                            format!("saved under {}", mode.name())
+                        }
+                        _ => "none saved".to_string(),
+                    };
+                    let line = format!("{} buffer starts at zero ({why})", s.aux_mode.name());
+                    *rounding.entry(line).or_default() += 1;
+                    Aux::zeros(s.var.as_tensor(), s.aux_mode)?
+                }
+                (false, Some((mode, _)), _) if mode.has_aux() => {
+                    let line = format!(
+                        "saved {} buffer dropped (the variable is updated with {} now)",
+                        mode.name(),
+                        s.aux_mode.name()
+                    );
+                    *rounding.entry(line).or_default() += 1;
+                    Aux::None
+                }
+                _ => Aux::None,
+            };
+            fresh_aux.push((aux, saved.map_or(s.key, |(_, key)| key)));
         }
         if let Some(extra) = file.keys().min() {
             bail!("RAdam state: {path:?} holds '{extra}', which is no variable of this optimizer (another model?)");
@@ -546,10 +658,18 @@ impl RAdam {
                     format!("{n} variable(s) saved with {what} (this optimizer's state format)")
                 })
                 .collect(),
+            rounding_changes: rounding
+                .into_iter()
+                .map(|(line, n)| format!("{n} variable(s): {line}"))
+                .collect(),
         };
-        for ((s, m), step) in self.slots.iter_mut().zip(fresh).zip(steps) {
+        for (((s, m), step), (aux, key)) in
+            self.slots.iter_mut().zip(fresh).zip(steps).zip(fresh_aux)
+        {
             s.moments = m;
             s.step = step;
+            s.aux = aux;
+            s.key = key;
         }
         self.t = t;
         self.skipped = skipped;

@@ -1,5 +1,5 @@
 //! The CUDA test binary. With `--features cuda` it runs the GPU-vs-CPU tests of `cuda/gpu.rs`,
-//! `cuda/groups.rs`, `cuda/clip.rs` and `cuda/quant8.rs` (each skips with a message when there is no device or driver,
+//! `cuda/groups.rs`, `cuda/clip.rs`, `cuda/quant8.rs` and `cuda/precision.rs` (each skips with a message when there is no device or driver,
 //! and fails on any other error opening one: `cuda/device.rs`);
 //! without the feature it holds one test that says how to run them, so `cargo test` never reports
 //! them as silently absent.
@@ -23,6 +23,10 @@ mod clip;
 #[cfg(feature = "cuda")]
 #[path = "cuda/quant8.rs"]
 mod quant8;
+
+#[cfg(feature = "cuda")]
+#[path = "cuda/precision.rs"]
+mod precision;
 
 #[cfg(not(feature = "cuda"))]
 #[test]

@@ -3,15 +3,17 @@
 // (cuda-standin/kernel_host.h), each block's threads run as fibers by cuda-standin/fibers.cpp, so
 // the warp shuffles and barriers of the block max-reduction behave as on a GPU. Checks, against a
 // straightforward per-element reference of src/quant.rs + src/cpu8.rs written here, bit for bit:
-// codes, absmax and params, for every param dtype and update branch, several scalar sets in one
-// launch, tensors ending in a partial quantization block and spanning several chunks, all-zero
-// blocks. scripts/ci-cuda.sh builds and runs it:
+// codes, absmax, params and rounding buffers, for every param dtype, update branch and (f16 /
+// bf16) rounding mode (the param side as ref_rounding.h, shared with radam_emu.cpp), several
+// scalar sets in one launch, tensors ending in a partial quantization block and spanning several
+// chunks, all-zero blocks. scripts/ci-cuda.sh builds and runs it:
 //
 //   g++ -O2 -std=c++17 -ffp-contract=off -I$CUDA_HOME/include -Icuda-standin \
 //       kernels/emu/radam8_emu.cpp cuda-standin/fibers.cpp -o radam8_emu
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +24,7 @@
 #include "fibers.h"
 
 #include "../radam.cu"
+#include "ref_rounding.h"
 
 static int failures = 0;
 #define CHECK(cond, ...)                                                         \
@@ -65,17 +68,26 @@ struct Tensor8 {
     uint64_t n;
     uint32_t set;
     std::vector<float> p0, g0;  // values (exactly representable in P)
+    std::vector<uint16_t> a0;   // the rounding buffer (remainder, Kahan)
+    uint64_t key;               // the stochastic-rounding stream word
     std::vector<uint8_t> mc, vc;
     std::vector<float> ma, va;
 };
 
+template <typename P> static uint16_t bits16(P x) {
+    uint16_t b;
+    memcpy(&b, &x, 2);
+    return b;
+}
+
 template <typename P>
 static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, const Scalars<float>*, const float*),
-                int update) {
+                int update, int mode) {
+    const bool has_aux = mode == MODE_REMAINDER || mode == MODE_KAHAN;
     const std::vector<float> smap = dynamic_map(true), umap = dynamic_map(false);
     std::vector<float> maps(smap);
     maps.insert(maps.end(), umap.begin(), umap.end());
-    std::mt19937 rng(1234 + update);
+    std::mt19937 rng(1234 + update + 10 * mode);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     const uint64_t sizes[] = {4096, 4097 + 300, 3 * RADAM_CHUNK + 17, 256 * 5};
     Scalars<float> sets[2];
@@ -94,7 +106,14 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
             x.g0.push_back(to_f<P>(from_f<P>(nd(rng) * 0.1f)));
             x.mc.push_back((uint8_t)(rng() & 255));
             x.vc.push_back((uint8_t)(rng() & 255));
+            uint16_t a = 0;
+            if (mode == MODE_REMAINDER) a = (uint16_t)(rng() & 0xffff);  // the master's low half
+            if constexpr (sizeof(P) == 2) {
+                if (mode == MODE_KAHAN) a = bits16(from_f<P>(nd(rng) * 1e-4f));  // a compensation
+            }
+            x.a0.push_back(a);
         }
+        x.key = ((uint64_t)rng() << 32 | rng()) * (mode == MODE_STOCHASTIC);
         for (uint64_t b = 0; b < nb; b++) {
             const float scale = std::pow(10.0f, -(float)(b % 6));
             x.ma.push_back(b == 1 ? 0.0f : 0.05f * scale);  // block 1: all-zero moments
@@ -106,6 +125,7 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
     // Device copies (host memory: the stand-in runs kernels on the host).
     std::vector<std::vector<P>> p(ts.size()), g(ts.size());
     std::vector<std::vector<uint8_t>> mc(ts.size()), vc(ts.size());
+    std::vector<std::vector<uint16_t>> a(ts.size());
     std::vector<std::vector<float>> ma(ts.size()), va(ts.size());
     std::vector<Entry> table;
     std::vector<uint32_t> block_map;
@@ -114,7 +134,7 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
             p[t].push_back(from_f<P>(ts[t].p0[i]));
             g[t].push_back(from_f<P>(ts[t].g0[i]));
         }
-        mc[t] = ts[t].mc; vc[t] = ts[t].vc; ma[t] = ts[t].ma; va[t] = ts[t].va;
+        mc[t] = ts[t].mc; vc[t] = ts[t].vc; ma[t] = ts[t].ma; va[t] = ts[t].va; a[t] = ts[t].a0;
         Entry e{};
         e.p = (uint64_t)p[t].data();
         e.g = (uint64_t)g[t].data();
@@ -122,8 +142,11 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
         e.v = (uint64_t)vc[t].data();
         e.n = ts[t].n;
         e.first_block = block_map.size();
+        e.flags = (uint32_t)mode << 4;
         e.set = ts[t].set;
         e.item = t;
+        e.aux = has_aux ? (uint64_t)a[t].data() : 0;
+        e.key = ts[t].key;
         e.m_absmax = (uint64_t)ma[t].data();
         e.v_absmax = (uint64_t)va[t].data();
         const uint64_t blocks = (ts[t].n + RADAM_CHUNK - 1) / RADAM_CHUNK;
@@ -142,23 +165,31 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
         const Scalars<float>& k = sets[x.set];
         for (uint64_t b0 = 0; b0 < x.n; b0 += 256) {
             const uint64_t b = b0 / 256, e = std::min(x.n, b0 + 256);
-            std::vector<float> m, v, pn;
+            std::vector<float> m, v, pn, olds;
             float am = 0, av = 0;
             for (uint64_t i = b0; i < e; i++) {
                 float mi = smap[x.mc[i]] * x.ma[b], vi = umap[x.vc[i]] * x.va[b];
+                // The param as loaded: the f32 master (remainder: param bits over the buffer).
+                float old = x.p0[i];
+                if constexpr (sizeof(P) == 2) {
+                    if (mode == MODE_REMAINDER) {
+                        const uint32_t mb = (uint32_t)bits16(from_f<P>(x.p0[i])) << 16 | x.a0[i];
+                        memcpy(&old, &mb, 4);
+                    }
+                }
                 // The rule as src/cpu.rs writes it.
-                const float gg = x.g0[i] * k.grad_mult + k.l2 * x.p0[i];
+                const float gg = x.g0[i] * k.grad_mult + k.l2 * old;
                 mi = mi + k.one_minus_beta1 * (gg - mi);
                 vi = k.beta2 * vi + k.one_minus_beta2 * gg * gg;
-                float pv = x.p0[i];
+                float pv = old;
                 if (update == 0) {
                     const float d = std::sqrt(vi) + k.eps;
                     const float u = k.step_size * mi / d;
-                    pv = k.decay * x.p0[i] - (d == 0.0f ? 0.0f : u);
+                    pv = k.decay * old - (d == 0.0f ? 0.0f : u);
                 } else if (update == 1) {
-                    pv = k.decay * x.p0[i] - k.step_size * mi;
+                    pv = k.decay * old - k.step_size * mi;
                 }
-                m.push_back(mi); v.push_back(vi); pn.push_back(pv);
+                m.push_back(mi); v.push_back(vi); pn.push_back(pv); olds.push_back(old);
                 am = std::max(am, std::fabs(mi));
                 av = std::max(av, std::fabs(vi));
             }
@@ -169,10 +200,23 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
                 const uint8_t cv = ref_code(umap, av == 0.0f ? 0.0f : v[i - b0] / av);
                 CHECK(mc[t][i] == cm && vc[t][i] == cv, "%s upd %d tensor %zu elem %llu: codes %d %d, want %d %d",
                       name, update, t, (unsigned long long)i, mc[t][i], vc[t][i], cm, cv);
-                const float want = to_f<P>(from_f<P>(pn[i - b0]));
-                const float have = to_f<P>(p[t][i]);
-                CHECK(memcmp(&want, &have, 4) == 0, "%s upd %d tensor %zu elem %llu: param %.9g, want %.9g",
-                      name, update, t, (unsigned long long)i, have, want);
+                // The param side: stored under the mode (frozen: nothing written).
+                P want = from_f<P>(x.p0[i]);
+                uint16_t want_aux = x.a0[i];
+                if (update != 2) {
+                    if constexpr (sizeof(P) == 2) {
+                        float master;
+                        ref_round_store<P>(mode, pn[i - b0], olds[i - b0], want, want_aux,
+                                           segment_word(x.key, i), i, master);
+                    } else {
+                        want = from_f<P>(pn[i - b0]);
+                    }
+                }
+                CHECK(memcmp(&want, &p[t][i], sizeof(P)) == 0,
+                      "%s mode %d upd %d tensor %zu elem %llu: param %.9g, want %.9g", name, mode, update, t,
+                      (unsigned long long)i, to_f<P>(p[t][i]), to_f<P>(want));
+                CHECK(a[t][i] == want_aux, "%s mode %d upd %d tensor %zu elem %llu: aux %#x, want %#x", name,
+                      mode, update, t, (unsigned long long)i, a[t][i], want_aux);
             }
         }
     }
@@ -180,14 +224,16 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
 
 int main() {
     for (int update = 0; update < 3; update++) {
-        run<float>("radam8_mt_f32", radam8_mt_f32, update);
-        run<__half>("radam8_mt_f16", radam8_mt_f16, update);
-        run<__nv_bfloat16>("radam8_mt_bf16", radam8_mt_bf16, update);
+        run<float>("radam8_mt_f32", radam8_mt_f32, update, MODE_NEAREST);
+        for (int mode = 0; mode < 4; mode++) {
+            if (mode != MODE_REMAINDER) run<__half>("radam8_mt_f16", radam8_mt_f16, update, mode);
+            run<__nv_bfloat16>("radam8_mt_bf16", radam8_mt_bf16, update, mode);
+        }
     }
     if (failures) {
         printf("radam8_emu: %d check(s) FAILED\n", failures);
         return 1;
     }
-    printf("radam8_emu: 8-bit kernels match the reference bit for bit (f32/f16/bf16 params, 3 branches)\n");
+    printf("radam8_emu: 8-bit kernels match the reference bit for bit (f32/f16/bf16 params, 3 branches, every rounding mode)\n");
     return 0;
 }

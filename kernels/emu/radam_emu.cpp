@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include <vector_types.h>
@@ -54,6 +55,7 @@ template <typename T> static inline T min(T a, T b) { return a < b ? a : b; }
 template <typename T> static inline T __shfl_xor_sync(unsigned, T, int) { abort(); }
 
 #include "../radam.cu"
+#include "ref_rounding.h"
 
 #undef blockIdx
 #undef threadIdx
@@ -271,6 +273,104 @@ static void run_dtype(const char* name, void (*kernel)(const Entry*, const uint3
            elems, failures ? "MISMATCH" : "bit-identical to the reference; non-finite check and sums ok");
 }
 
+// ---- rounding modes (src/precision.rs) for f16 / bf16 params -----------------------------------
+// Tensors of several sizes and offsets, each with a u16 buffer, 12 steps (sgd, adaptive, frozen
+// steps), every mode: params, buffers and moments bit for bit against a reference that runs the
+// rule on f32 values and rounds them as the mode says (ref_round_store, ref_rounding.h).
+template <typename H>
+static void run_modes(const char* name, void (*kernel)(const Entry*, const uint32_t*, const Scalars<float>*), bool bf16) {
+    const size_t sizes[] = {1, 7, 8, 9, 1025, 4097, 2 * 4096 + 3};
+    const size_t offs[] = {0, 1};
+    for (int mode = 0; mode < 4; mode++) {
+        if (mode == MODE_REMAINDER && !bf16) continue;
+        std::mt19937_64 rng(99 + mode);
+        std::uniform_real_distribution<float> u(-1.f, 1.f);
+        struct T {
+            size_t n, off;
+            std::vector<H> p, g, pr;
+            std::vector<uint16_t> a, ar;
+            std::vector<float> m, v, mr, vr, master;
+            uint64_t key;
+        };
+        std::vector<T> ts;
+        for (size_t off : offs)
+            for (size_t n : sizes) {
+                T t;
+                t.n = n;
+                t.off = off;
+                t.p.resize(n + off + 8);
+                t.g.resize(n + off + 8);
+                t.a.assign(n + off + 8, 0);
+                for (auto& x : t.p) x = from_f<H>(u(rng));
+                t.pr.assign(t.p.begin() + off, t.p.begin() + off + n);
+                t.master.resize(n);
+                for (size_t i = 0; i < n; i++) t.master[i] = Traits<H>::load(t.pr[i]);
+                t.ar.assign(n, 0);
+                t.m.assign(n, 0.f); t.v.assign(n, 0.f); t.mr = t.m; t.vr = t.v;
+                t.key = mix64(ts.size() + 1000 * mode);
+                ts.push_back(std::move(t));
+            }
+        for (int step = 1; step <= 12; step++) {
+            for (auto& t : ts) for (auto& x : t.g) x = from_f<H>(u(rng) * 0.5f);
+            const int update = step <= 3 ? 1 : (step % 5 == 0 ? 2 : 0);
+            // Small steps (lr 1e-4) so that most updates are below half an ulp.
+            Scalars<float> k = {0.1f, 0.999f, 0.001f, (float)(1e-4 * step), 1e-8f, 0.f, 1.f, 1.f, update, 0};
+            std::vector<uint64_t> words;
+            std::vector<uint32_t> map;
+            for (size_t e = 0; e < ts.size(); e++) {
+                T& t = ts[e];
+                uint64_t pp = (uint64_t)(t.p.data() + t.off), gp = (uint64_t)(t.g.data() + t.off);
+                uint64_t mp = (uint64_t)t.m.data(), vp = (uint64_t)t.v.data(), ap = (uint64_t)(t.a.data() + t.off);
+                uint64_t aligned = ((pp | gp | mp | vp | ap) % 16) == 0;
+                uint64_t flags = aligned | ((uint64_t)(gp % 16 == 0) << 1) | ((uint64_t)mode << 4);
+                uint64_t stream = mix64(mix64(mix64(7) ^ t.key) ^ (uint64_t)step);
+                uint64_t entry[12] = {pp, gp, mp, vp, t.n, (uint64_t)map.size(), flags, e,
+                                      mode == MODE_REMAINDER || mode == MODE_KAHAN ? ap : 0,
+                                      mode == MODE_STOCHASTIC ? stream : 0, 0, 0};
+                words.insert(words.end(), entry, entry + 12);
+                for (uint64_t b = 0; b < (t.n + RADAM_CHUNK - 1) / RADAM_CHUNK; b++) map.push_back((uint32_t)e);
+                // Reference.
+                for (size_t i = 0; i < t.n; i++) {
+                    const float old = mode == MODE_REMAINDER ? t.master[i] : Traits<H>::load(t.pr[i]);
+                    const float g = Traits<H>::load(t.g[t.off + i]);
+                    t.mr[i] = t.mr[i] + k.one_minus_beta1 * (g - t.mr[i]);
+                    t.vr[i] = k.beta2 * t.vr[i] + k.one_minus_beta2 * g * g;
+                    float x = old;
+                    if (update == 0) {
+                        const float d = std::sqrt(t.vr[i]) + k.eps;
+                        x = old - (d == 0.f ? 0.f : k.step_size * t.mr[i] / d);
+                    } else if (update == 1) {
+                        x = old - k.step_size * t.mr[i];
+                    }
+                    if (update != 2)
+                        ref_round_store<H>(mode, x, old, t.pr[i], t.ar[i], segment_word(stream, i), i, t.master[i]);
+                }
+            }
+            size_t map_word = words.size();
+            for (size_t i = 0; i < map.size(); i += 2)
+                words.push_back((uint64_t)map[i] | ((uint64_t)(i + 1 < map.size() ? map[i + 1] : 0) << 32));
+            const Entry* table = reinterpret_cast<const Entry*>(words.data());
+            const uint32_t* bmap = reinterpret_cast<const uint32_t*>(words.data() + map_word);
+            launch((uint32_t)map.size(), [&] { kernel(table, bmap, &k); });
+        }
+        size_t elems = 0, moved = 0;
+        for (size_t e = 0; e < ts.size(); e++) {
+            T& t = ts[e];
+            for (size_t i = 0; i < t.n; i++, elems++) {
+                CHECK(bits(t.p[t.off + i]) == bits(t.pr[i]), "%s mode %d tensor %zu (n=%zu) param[%zu]", name, mode, e, t.n, i);
+                if (mode == MODE_REMAINDER || mode == MODE_KAHAN)
+                    CHECK(t.a[t.off + i] == t.ar[i], "%s mode %d tensor %zu aux[%zu]", name, mode, e, i);
+                CHECK(bits(t.m[i]) == bits(t.mr[i]) && bits(t.v[i]) == bits(t.vr[i]), "%s mode %d tensor %zu m/v[%zu]", name, mode, e, i);
+                moved += t.a[t.off + i] != 0;
+            }
+            for (size_t i = t.n + t.off; i < t.p.size(); i++) CHECK(t.a[i] == 0, "%s mode %d: aux written past the end", name, mode);
+        }
+        if (mode == MODE_REMAINDER || mode == MODE_KAHAN) CHECK(moved > elems / 2, "%s mode %d: buffer unused", name, mode);
+        printf("%-5s rounding mode %d: %zu tensors, %zu elements, 12 steps: %s\n", name, mode, ts.size(), elems,
+               failures ? "MISMATCH" : "params, buffers and moments bit-identical to the reference");
+    }
+}
+
 int main() {
     // The moment buffers come from std::vector: make sure the vector path is really exercised
     // (glibc's malloc aligns to 16 bytes).
@@ -278,6 +378,8 @@ int main() {
     run_dtype<double, double>("f64", radam_mt_f64, radam_check_b64, radam_sumsq_f64);
     run_dtype<__half, float>("f16", radam_mt_f16, radam_check_b16h, radam_sumsq_f16);
     run_dtype<__nv_bfloat16, float>("bf16", radam_mt_bf16, radam_check_b16b, radam_sumsq_bf16);
+    run_modes<__half>("f16", radam_mt_f16, false);
+    run_modes<__nv_bfloat16>("bf16", radam_mt_bf16, true);
     if (failures) {
         printf("radam_emu: %d mismatches\n", failures);
         return 1;
