@@ -24,9 +24,10 @@ fn read_curve(path: &Path, variant: &str) -> Result<Vec<CurvePoint>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        // 7 fields (gnorm last); 6 in runs written before gnorm was logged.
-        if f.len() != 7 && f.len() != 6 {
-            bail!("{}:{}: expected 7 fields, found {}", path.display(), i + 1, f.len());
+        // 8 fields (precision last; the summary has it too); 7 in runs written before the
+        // precision was recorded, 6 before gnorm was logged.
+        if !(6..=8).contains(&f.len()) {
+            bail!("{}:{}: expected 8 fields, found {}", path.display(), i + 1, f.len());
         }
         if f[1] != variant {
             continue;
