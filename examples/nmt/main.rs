@@ -444,6 +444,28 @@ struct Summary<'a> {
     variants: &'a [VariantResult],
 }
 
+/// The title of `curves.png`, from a `summary.json` (of a run or of a merge).
+fn plot_title(summary: &serde_json::Value) -> String {
+    let settings = &summary["settings"];
+    let params = match (settings["dtype"].as_str(), settings["precisions_of"].as_str()) {
+        (_, Some(variant)) => format!("{variant} per precision"),
+        (Some(dtype), None) => dtype.to_string(),
+        (None, None) => "f32".to_string(), // written before the dtype was recorded
+    };
+    format!(
+        "{} | {} params ({}), {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
+        summary["data"].as_str().unwrap_or(""),
+        summary["n_params"],
+        params,
+        summary["model"]["enc_layers"],
+        summary["model"]["dec_layers"],
+        summary["lr"],
+        summary["betas"][0],
+        summary["betas"][1],
+        summary["steps"]
+    )
+}
+
 /// `curves.csv`, `curves.png` and `summary.json` for the variants trained so far.
 fn write_outputs(
     out: &std::path::Path,
@@ -771,21 +793,6 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         eprintln!("tokenizer: {}", tokenizer_desc.as_ref().unwrap());
     }
 
-    let title = format!(
-        "{} | {} params ({}), {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
-        data_desc,
-        n_params,
-        match &precisions_of {
-            Some(v) => format!("{v} per precision"),
-            None => args.dtype.name().to_string(),
-        },
-        model_cfg.enc_layers,
-        model_cfg.dec_layers,
-        args.lr.unwrap_or(pv.lr),
-        args.betas[0],
-        args.betas[1],
-        steps
-    );
     let many = variants.len() > 1;
     let mut results = Vec::new();
     for v in &variants {
@@ -842,7 +849,12 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
             wall_seconds: wall.elapsed().as_secs_f64(),
             variants: &results,
         };
-        write_outputs(&args.out, &results, &title, &summary)?;
+        write_outputs(
+            &args.out,
+            &results,
+            &plot_title(&serde_json::to_value(&summary)?),
+            &summary,
+        )?;
         if results.len() == 1 {
             // The directory now describes this run: translations of other variants, left by an
             // earlier run into it, would pass for this run's.

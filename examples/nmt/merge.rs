@@ -155,17 +155,6 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
     summary["variants"] = serde_json::to_value(&results)?;
     summary["merged_from"] = dirs.iter().map(|d| d.display().to_string()).collect();
     summary["wall_seconds"] = Value::Null;
-    let title = format!(
-        "{} | {} params, {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
-        summary["data"].as_str().unwrap_or(""),
-        summary["n_params"],
-        summary["model"]["enc_layers"],
-        summary["model"]["dec_layers"],
-        summary["lr"],
-        summary["betas"][0],
-        summary["betas"][1],
-        summary["steps"]
-    );
-    crate::write_outputs(out, &results, &title, &summary)?;
+    crate::write_outputs(out, &results, &crate::plot_title(&summary), &summary)?;
     Ok(results)
 }
