@@ -17,8 +17,8 @@ use std::time::Instant;
 /// One optimizer + schedule + parameter precision setting to train with.
 #[derive(Debug, Clone)]
 pub struct Variant {
-    /// The run's label in outputs (the optimizer variant's name, with the precision in a
-    /// precision comparison: see `main::run_label`).
+    /// The run's label in outputs: the optimizer variant's name, or in a precision comparison
+    /// the spec's canonical name (`main::precision_runs`).
     pub name: String,
     pub params: ParamsRAdam,
     pub schedule: Schedule,
