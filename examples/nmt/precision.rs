@@ -1,0 +1,302 @@
+//! The precision of a run: the dtype the model's parameters are stored in (the variables the
+//! optimizer updates), how a half-precision parameter receives the optimizer's f32 update, and
+//! the format of the optimizer's state.
+//!
+//! A spec is written `DTYPE[:MODE][+STATE]`, e.g. `f32`, `bf16`, `bf16:nearest`, `f16:nearest`.
+//! [`PrecisionSpec::parse`] is the one parser of specs (`--precisions`; `--dtype D` trains with
+//! [`PrecisionSpec::plain`]) and [`PrecisionSpec::optimizer`] the one place that turns a spec
+//! into a configured optimizer.
+//!
+//! Whatever the parameter dtype, the forward and backward passes compute in f32: each parameter
+//! is cast to f32 where the network uses it ([`crate::model::Model::compute`]), so the gradient
+//! arrives in the parameter's dtype, rounded once from the f32 gradient. That is mixed precision
+//! as it is run on GPUs (autocast keeps softmax, LayerNorm and the loss in f32), and it keeps a
+//! comparison of precisions about the parameters and their updates: the only half-precision
+//! roundings are the weights the forward pass reads and the gradients the optimizer gets.
+//! It is also the fast choice on the CPU: a forward + backward pass of the default network with
+//! bf16 parameters computing in f32 takes the time of f32 parameters (0.85-1.00x: the casts cost
+//! nothing measurable), computing in bf16 2.7-3.3x that and in f16 5.9-7.1x (best of 7, three
+//! runs, 2026-11-29, 2-core AMD EPYC VM; the ignored test `model::tests::half_compute_speed`
+//! prints them).
+//!
+//! f16 runs also use dynamic loss scaling ([`LossScaler`], `torch.amp.GradScaler`'s defaults), as
+//! f16 training does: without it, gradients below f16's smallest subnormal (6e-8) flush to zero.
+//! bf16 has f32's exponent range and needs none.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use candle_radam::{LossScaler, ParamsRAdam, RAdam};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+
+/// The dtype of the model's parameters (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamDType {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ParamDType {
+    pub const ALL: [ParamDType; 3] = [ParamDType::F32, ParamDType::Bf16, ParamDType::F16];
+
+    pub fn dtype(self) -> DType {
+        match self {
+            ParamDType::F32 => DType::F32,
+            ParamDType::Bf16 => DType::BF16,
+            ParamDType::F16 => DType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamDType::F32 => "f32",
+            ParamDType::Bf16 => "bf16",
+            ParamDType::F16 => "f16",
+        }
+    }
+}
+
+/// How a bf16 / f16 parameter receives the optimizer's f32 update (the `:MODE` of a spec).
+/// f32 parameters take the update as it is and accept no mode.
+///
+/// To add a mode: a variant here, its name in [`UpdateMode::name`] (the parser finds it through
+/// [`UpdateMode::ALL`]), the dtypes it applies to in [`UpdateMode::applies_to`], and its
+/// optimizer setting in [`PrecisionSpec::optimizer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// Round the updated value to the nearest representable one (ties to even): the
+    /// optimizer's default, no extra memory; an update below half an ulp is lost.
+    Nearest,
+}
+
+impl UpdateMode {
+    pub const ALL: &'static [UpdateMode] = &[UpdateMode::Nearest];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateMode::Nearest => "nearest",
+        }
+    }
+
+    /// Whether the mode applies to parameters of dtype `d` (never to f32).
+    pub fn applies_to(self, d: ParamDType) -> bool {
+        match self {
+            UpdateMode::Nearest => d != ParamDType::F32,
+        }
+    }
+}
+
+/// The format of the optimizer's moment buffers (the `+STATE` suffix of a spec; none: the
+/// optimizer's own, f32 for f32 / bf16 / f16 parameters).
+///
+/// To add a format: a variant here, its suffix in [`StateFormat::name`] (found through
+/// [`StateFormat::ALL`]) and its optimizer setting in [`PrecisionSpec::optimizer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFormat {
+    /// The optimizer's default moment buffers.
+    Default,
+}
+
+impl StateFormat {
+    /// The formats a `+SUFFIX` can name (not the default, which has no suffix).
+    pub const ALL: &'static [StateFormat] = &[];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StateFormat::Default => "",
+        }
+    }
+}
+
+/// A parameter dtype with its update mode and optimizer state format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrecisionSpec {
+    pub dtype: ParamDType,
+    /// `None` for f32 parameters.
+    pub update: Option<UpdateMode>,
+    pub state: StateFormat,
+}
+
+impl PrecisionSpec {
+    /// Parameters of dtype `d` with the default update (round to nearest for half precision)
+    /// and state: what `--dtype d` trains with.
+    pub fn plain(d: ParamDType) -> Self {
+        let update = (d != ParamDType::F32).then_some(UpdateMode::Nearest);
+        Self { dtype: d, update, state: StateFormat::Default }
+    }
+
+    /// Parses `DTYPE[:MODE][+STATE]` (case-insensitive, surrounding blanks ignored): `f32`,
+    /// `bf16` (= `bf16:nearest`), `f16:nearest`. A mode not in [`UpdateMode::ALL`], a mode on f32
+    /// parameters or a state suffix not in [`StateFormat::ALL`] is an error naming what exists.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let s = spec.trim().to_ascii_lowercase();
+        let (s, state) = match s.split_once('+') {
+            None => (s.as_str(), StateFormat::Default),
+            Some((head, suffix)) => {
+                let Some(f) = StateFormat::ALL.iter().find(|f| f.name() == suffix) else {
+                    bail!(
+                        "precision {spec:?}: unknown optimizer state format {suffix:?} (known: {})",
+                        known(StateFormat::ALL.iter().map(|f| format!("+{}", f.name())))
+                    );
+                };
+                (head, *f)
+            }
+        };
+        let (dtype, mode) = match s.split_once(':') {
+            None => (s, None),
+            Some((d, m)) => (d, Some(m)),
+        };
+        let Some(dtype) = ParamDType::ALL.iter().copied().find(|d| d.name() == dtype) else {
+            bail!(
+                "precision {spec:?}: unknown parameter dtype {dtype:?} (known: {})",
+                known(ParamDType::ALL.iter().map(|d| d.name().to_string()))
+            );
+        };
+        let update = match mode {
+            None => Self::plain(dtype).update,
+            Some(m) => {
+                let Some(u) = UpdateMode::ALL.iter().copied().find(|u| u.name() == m) else {
+                    bail!(
+                        "precision {spec:?}: unknown update mode {m:?} (known: {})",
+                        known(UpdateMode::ALL.iter().map(|u| u.name().to_string()))
+                    );
+                };
+                if !u.applies_to(dtype) {
+                    bail!(
+                        "precision {spec:?}: update mode {m} does not apply to {} parameters{}",
+                        dtype.name(),
+                        if dtype == ParamDType::F32 {
+                            " (they take the f32 update as it is: write f32)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                Some(u)
+            }
+        };
+        Ok(Self { dtype, update, state })
+    }
+
+    /// Whether the optimizer keeps a dynamic loss scale (f16 parameters, see the module docs).
+    pub fn loss_scaling(&self) -> bool {
+        self.dtype == ParamDType::F16
+    }
+
+    /// The optimizer over every variable of `varmap` (see [`RAdam::from_varmap`]) with this
+    /// spec's update mode and state format. `f32_init` gives the f32 values the parameters were
+    /// initialized from (by variable name, [`crate::model::init_values`]), for a mode that keeps
+    /// an f32 master copy; a resumed run then loads the optimizer state over it.
+    pub fn optimizer(
+        &self,
+        varmap: &VarMap,
+        params: ParamsRAdam,
+        f32_init: impl FnOnce() -> Result<HashMap<String, Tensor>>,
+    ) -> Result<RAdam> {
+        let mut opt = RAdam::from_varmap(varmap, params)?;
+        match self.update {
+            // f32 parameters, and round to nearest: the optimizer's default, no master copy.
+            None | Some(UpdateMode::Nearest) => drop(f32_init),
+        }
+        match self.state {
+            StateFormat::Default => {}
+        }
+        if self.loss_scaling() {
+            opt.set_loss_scaler(Some(LossScaler::default()))?;
+        }
+        Ok(opt)
+    }
+}
+
+/// `a, b, c`, or `none` for an empty list.
+fn known(names: impl Iterator<Item = String>) -> String {
+    let v: Vec<String> = names.collect();
+    if v.is_empty() {
+        "none yet".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The canonical spelling, which [`PrecisionSpec::parse`] reads back: `f32`, `bf16:nearest`,
+/// `f16:nearest` (the mode always written for half precision), then `+STATE` if any.
+impl fmt::Display for PrecisionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.dtype.name())?;
+        if let Some(u) = self.update {
+            write!(f, ":{}", u.name())?;
+        }
+        if self.state != StateFormat::Default {
+            write!(f, "+{}", self.state.name())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_to_their_canonical_names() {
+        for (given, canonical, dtype) in [
+            ("f32", "f32", ParamDType::F32),
+            ("bf16", "bf16:nearest", ParamDType::Bf16),
+            (" BF16:Nearest ", "bf16:nearest", ParamDType::Bf16),
+            ("f16", "f16:nearest", ParamDType::F16),
+            ("f16:nearest", "f16:nearest", ParamDType::F16),
+        ] {
+            let s = PrecisionSpec::parse(given).unwrap();
+            assert_eq!(s.to_string(), canonical, "{given}");
+            assert_eq!(s.dtype, dtype, "{given}");
+            assert_eq!(s.state, StateFormat::Default, "{given}");
+            assert_eq!(PrecisionSpec::parse(canonical).unwrap(), s, "{canonical}");
+            assert_eq!(PrecisionSpec::plain(dtype).to_string(), canonical);
+        }
+        assert_eq!(PrecisionSpec::parse("f32").unwrap().update, None);
+        assert_eq!(PrecisionSpec::parse("bf16").unwrap().update, Some(UpdateMode::Nearest));
+        assert!(PrecisionSpec::parse("f16").unwrap().loss_scaling());
+        assert!(!PrecisionSpec::parse("bf16").unwrap().loss_scaling());
+    }
+
+    #[test]
+    fn bad_specs_name_what_exists() {
+        for (bad, says) in [
+            ("f64", "unknown parameter dtype \"f64\" (known: f32, bf16, f16)"),
+            ("", "unknown parameter dtype \"\""),
+            ("bf16:bogus", "unknown update mode \"bogus\" (known: nearest"),
+            ("bf16:", "unknown update mode \"\""),
+            ("f32:nearest", "does not apply to f32 parameters (they take the f32 update"),
+            ("bf16+4bit", "unknown optimizer state format \"4bit\""),
+            ("f32+", "unknown optimizer state format \"\""),
+        ] {
+            let e = PrecisionSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+            assert!(e.starts_with(&format!("precision {bad:?}")), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn optimizer_follows_the_spec() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F16, &candle_core::Device::Cpu);
+        vb.get_with_hints(3, "w", candle_nn::Init::Const(1.0))?;
+        let called = std::cell::Cell::new(false);
+        for (spec, scaled) in [("f16", true), ("bf16", false), ("f32", false)] {
+            let opt =
+                PrecisionSpec::parse(spec)?.optimizer(&varmap, ParamsRAdam::default(), || {
+                    called.set(true);
+                    Ok(HashMap::new())
+                })?;
+            assert_eq!(opt.loss_scaler().is_some(), scaled, "{spec}");
+            assert_eq!(opt.vars().map(|(n, _)| n).collect::<Vec<_>>(), ["w"]);
+        }
+        // Round to nearest keeps no f32 master copy: the init values are never computed.
+        assert!(!called.get());
+        Ok(())
+    }
+}
