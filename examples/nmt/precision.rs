@@ -26,7 +26,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
-use candle_radam::{LossScaler, ParamsRAdam, RAdam};
+use candle_radam::{LossScaler, ParamsRAdam, RAdam, Rounding, StateFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -60,56 +60,33 @@ impl ParamDType {
     }
 }
 
-/// How a bf16 / f16 parameter receives the optimizer's f32 update (the `:MODE` of a spec).
-/// f32 parameters take the update as it is and accept no mode.
-///
-/// To add a mode: a variant here, its name in [`UpdateMode::name`] (the parser finds it through
-/// [`UpdateMode::ALL`]), the dtypes it applies to in [`UpdateMode::applies_to`], and its
-/// optimizer setting in [`PrecisionSpec::optimizer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateMode {
-    /// Round the updated value to the nearest representable one (ties to even): the
-    /// optimizer's default, no extra memory; an update below half an ulp is lost.
-    Nearest,
-}
+/// The update modes a `:MODE` can name (the library's [`Rounding`], parsed by its `FromStr`):
+/// listed in errors.
+const MODES: &str = "nearest, remainder, kahan, stochastic, stochastic:SEED";
 
-impl UpdateMode {
-    pub const ALL: &'static [UpdateMode] = &[UpdateMode::Nearest];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            UpdateMode::Nearest => "nearest",
-        }
-    }
-
-    /// Whether the mode applies to parameters of dtype `d` (never to f32).
-    pub fn applies_to(self, d: ParamDType) -> bool {
-        match self {
-            UpdateMode::Nearest => d != ParamDType::F32,
-        }
+/// Whether update mode `r` applies to parameters of dtype `d`: never to f32 (they take the f32
+/// update as it is), `remainder` only to bf16 (the upper half of an f32; see [`Rounding`]).
+fn applies_to(r: Rounding, d: ParamDType) -> bool {
+    match r {
+        Rounding::Remainder => d == ParamDType::Bf16,
+        _ => d != ParamDType::F32,
     }
 }
 
-/// The format of the optimizer's moment buffers (the `+STATE` suffix of a spec; none: the
-/// optimizer's own, f32 for f32 / bf16 / f16 parameters).
-///
-/// To add a format: a variant here, its suffix in [`StateFormat::name`] (found through
-/// [`StateFormat::ALL`]) and its optimizer setting in [`PrecisionSpec::optimizer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateFormat {
-    /// The optimizer's default moment buffers.
-    Default,
+/// The `+STATE` suffix of an optimizer state format: none for the default (f32 moments), `8bit`
+/// for [`StateFormat::blockwise8`] (bitsandbytes' defaults: blocks of 256, tensors of fewer than
+/// 4096 elements keep f32 moments).
+fn state_suffix(f: StateFormat) -> Option<&'static str> {
+    match f {
+        StateFormat::Full => None,
+        f if f == StateFormat::blockwise8() => Some("8bit"),
+        _ => Some("8bit-custom"),
+    }
 }
 
-impl StateFormat {
-    /// The formats a `+SUFFIX` can name (not the default, which has no suffix).
-    pub const ALL: &'static [StateFormat] = &[];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StateFormat::Default => "",
-        }
-    }
+/// The formats a `+SUFFIX` can name (not the default, which has no suffix).
+fn state_formats() -> [StateFormat; 1] {
+    [StateFormat::blockwise8()]
 }
 
 /// A parameter dtype with its update mode and optimizer state format.
@@ -117,7 +94,7 @@ impl StateFormat {
 pub struct PrecisionSpec {
     pub dtype: ParamDType,
     /// `None` for f32 parameters.
-    pub update: Option<UpdateMode>,
+    pub update: Option<Rounding>,
     pub state: StateFormat,
 }
 
@@ -125,25 +102,28 @@ impl PrecisionSpec {
     /// Parameters of dtype `d` with the default update (round to nearest for half precision)
     /// and state: what `--dtype d` trains with.
     pub fn plain(d: ParamDType) -> Self {
-        let update = (d != ParamDType::F32).then_some(UpdateMode::Nearest);
-        Self { dtype: d, update, state: StateFormat::Default }
+        let update = (d != ParamDType::F32).then_some(Rounding::Nearest);
+        Self { dtype: d, update, state: StateFormat::Full }
     }
 
     /// Parses `DTYPE[:MODE][+STATE]` (case-insensitive, surrounding blanks ignored): `f32`,
-    /// `bf16` (= `bf16:nearest`), `f16:nearest`. A mode not in [`UpdateMode::ALL`], a mode on f32
-    /// parameters or a state suffix not in [`StateFormat::ALL`] is an error naming what exists.
+    /// `bf16` (= `bf16:nearest`), `bf16:remainder`, `f16:kahan`, `bf16:stochastic:7`,
+    /// `f32+8bit`, `bf16:remainder+8bit`. MODE is a [`Rounding`] as its `FromStr` reads it; a
+    /// mode that does not apply to the dtype, or an unknown suffix, is an error naming what exists.
     pub fn parse(spec: &str) -> Result<Self> {
         let s = spec.trim().to_ascii_lowercase();
         let (s, state) = match s.split_once('+') {
-            None => (s.as_str(), StateFormat::Default),
+            None => (s.as_str(), StateFormat::Full),
             Some((head, suffix)) => {
-                let Some(f) = StateFormat::ALL.iter().find(|f| f.name() == suffix) else {
+                let Some(f) =
+                    state_formats().into_iter().find(|f| state_suffix(*f) == Some(suffix))
+                else {
                     bail!(
                         "precision {spec:?}: unknown optimizer state format {suffix:?} (known: {})",
-                        known(StateFormat::ALL.iter().map(|f| format!("+{}", f.name())))
+                        known(state_formats().iter().filter_map(|f| state_suffix(*f)))
                     );
                 };
-                (head, *f)
+                (head, f)
             }
         };
         let (dtype, mode) = match s.split_once(':') {
@@ -159,20 +139,16 @@ impl PrecisionSpec {
         let update = match mode {
             None => Self::plain(dtype).update,
             Some(m) => {
-                let Some(u) = UpdateMode::ALL.iter().copied().find(|u| u.name() == m) else {
-                    bail!(
-                        "precision {spec:?}: unknown update mode {m:?} (known: {})",
-                        known(UpdateMode::ALL.iter().map(|u| u.name().to_string()))
-                    );
+                let Ok(u) = m.parse::<Rounding>() else {
+                    bail!("precision {spec:?}: unknown update mode {m:?} (known: {MODES})");
                 };
-                if !u.applies_to(dtype) {
+                if !applies_to(u, dtype) {
                     bail!(
                         "precision {spec:?}: update mode {m} does not apply to {} parameters{}",
                         dtype.name(),
-                        if dtype == ParamDType::F32 {
-                            " (they take the f32 update as it is: write f32)"
-                        } else {
-                            ""
+                        match dtype {
+                            ParamDType::F32 => " (they take the f32 update as it is: write f32)",
+                            _ => " (f16 is not the upper half of an f32: use kahan or stochastic)",
                         }
                     );
                 }
@@ -197,13 +173,18 @@ impl PrecisionSpec {
         params: ParamsRAdam,
         f32_init: impl FnOnce() -> Result<HashMap<String, Tensor>>,
     ) -> Result<RAdam> {
-        let mut opt = RAdam::from_varmap(varmap, params)?;
-        match self.update {
-            // f32 parameters, and round to nearest: the optimizer's default, no master copy.
-            None | Some(UpdateMode::Nearest) => drop(f32_init),
+        let rounding = self.update.unwrap_or_default();
+        let mut opt = RAdam::from_varmap(varmap, ParamsRAdam { rounding, ..params })?;
+        if rounding == Rounding::Remainder {
+            // The f32 master copy starts from the exact f32 init, not from its bf16 rounding.
+            for (name, value) in f32_init()? {
+                opt.set_master_weights(&name, &value)?;
+            }
+        } else {
+            drop(f32_init)
         }
-        match self.state {
-            StateFormat::Default => {}
+        if self.state != StateFormat::Full {
+            opt.set_state_format(self.state)?;
         }
         if self.loss_scaling() {
             opt.set_loss_scaler(Some(LossScaler::default()))?;
@@ -212,9 +193,9 @@ impl PrecisionSpec {
     }
 }
 
-/// `a, b, c`, or `none` for an empty list.
-fn known(names: impl Iterator<Item = String>) -> String {
-    let v: Vec<String> = names.collect();
+/// `a, b, c`, or `none yet` for an empty list.
+fn known<S: ToString>(names: impl Iterator<Item = S>) -> String {
+    let v: Vec<String> = names.map(|n| n.to_string()).collect();
     if v.is_empty() {
         "none yet".to_string()
     } else {
@@ -228,10 +209,10 @@ impl fmt::Display for PrecisionSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.dtype.name())?;
         if let Some(u) = self.update {
-            write!(f, ":{}", u.name())?;
+            write!(f, ":{u}")?;
         }
-        if self.state != StateFormat::Default {
-            write!(f, "+{}", self.state.name())?;
+        if let Some(suffix) = state_suffix(self.state) {
+            write!(f, "+{suffix}")?;
         }
         Ok(())
     }
@@ -253,12 +234,48 @@ mod tests {
             let s = PrecisionSpec::parse(given).unwrap();
             assert_eq!(s.to_string(), canonical, "{given}");
             assert_eq!(s.dtype, dtype, "{given}");
-            assert_eq!(s.state, StateFormat::Default, "{given}");
+            assert_eq!(s.state, StateFormat::Full, "{given}");
             assert_eq!(PrecisionSpec::parse(canonical).unwrap(), s, "{canonical}");
             assert_eq!(PrecisionSpec::plain(dtype).to_string(), canonical);
         }
+        for (given, canonical, rounding, state) in [
+            ("bf16:remainder", "bf16:remainder", Rounding::Remainder, StateFormat::Full),
+            ("BF16:Kahan", "bf16:kahan", Rounding::Kahan, StateFormat::Full),
+            ("f16:kahan", "f16:kahan", Rounding::Kahan, StateFormat::Full),
+            (
+                "bf16:stochastic",
+                "bf16:stochastic:0",
+                Rounding::Stochastic { seed: 0 },
+                StateFormat::Full,
+            ),
+            (
+                "f16:stochastic:7",
+                "f16:stochastic:7",
+                Rounding::Stochastic { seed: 7 },
+                StateFormat::Full,
+            ),
+            ("bf16+8bit", "bf16:nearest+8bit", Rounding::Nearest, StateFormat::blockwise8()),
+            (
+                "bf16:remainder+8bit",
+                "bf16:remainder+8bit",
+                Rounding::Remainder,
+                StateFormat::blockwise8(),
+            ),
+        ] {
+            let s = PrecisionSpec::parse(given).unwrap();
+            assert_eq!(
+                (s.to_string().as_str(), s.update, s.state),
+                (canonical, Some(rounding), state)
+            );
+            assert_eq!(PrecisionSpec::parse(canonical).unwrap(), s, "{canonical}");
+        }
+        let s = PrecisionSpec::parse("f32+8bit").unwrap();
+        assert_eq!(
+            (s.to_string().as_str(), s.update, s.state),
+            ("f32+8bit", None, StateFormat::blockwise8())
+        );
         assert_eq!(PrecisionSpec::parse("f32").unwrap().update, None);
-        assert_eq!(PrecisionSpec::parse("bf16").unwrap().update, Some(UpdateMode::Nearest));
+        assert_eq!(PrecisionSpec::parse("bf16").unwrap().update, Some(Rounding::Nearest));
         assert!(PrecisionSpec::parse("f16").unwrap().loss_scaling());
         assert!(!PrecisionSpec::parse("bf16").unwrap().loss_scaling());
     }
@@ -268,7 +285,10 @@ mod tests {
         for (bad, says) in [
             ("f64", "unknown parameter dtype \"f64\" (known: f32, bf16, f16)"),
             ("", "unknown parameter dtype \"\""),
-            ("bf16:bogus", "unknown update mode \"bogus\" (known: nearest"),
+            ("bf16:bogus", "unknown update mode \"bogus\" (known: nearest, remainder, kahan"),
+            ("bf16:stochastic:x", "unknown update mode \"stochastic:x\""),
+            ("f16:remainder", "f16 is not the upper half of an f32: use kahan or stochastic"),
+            ("f32:kahan", "does not apply to f32 parameters"),
             ("bf16:", "unknown update mode \"\""),
             ("f32:nearest", "does not apply to f32 parameters (they take the f32 update"),
             ("bf16+4bit", "unknown optimizer state format \"4bit\""),
@@ -297,6 +317,21 @@ mod tests {
         }
         // Round to nearest keeps no f32 master copy: the init values are never computed.
         assert!(!called.get());
+        // The remainder starts from the exact f32 init; 8-bit state is set on the optimizer.
+        let varmap = VarMap::new();
+        let vb =
+            candle_nn::VarBuilder::from_varmap(&varmap, DType::BF16, &candle_core::Device::Cpu);
+        vb.get_with_hints(5000, "w", candle_nn::Init::Const(1.0))?;
+        let exact = Tensor::full(1.0f32 + f32::EPSILON, 5000, &candle_core::Device::Cpu)?;
+        let opt = PrecisionSpec::parse("bf16:remainder+8bit")?.optimizer(
+            &varmap,
+            ParamsRAdam::default(),
+            || Ok(HashMap::from([("w".to_string(), exact.clone())])),
+        )?;
+        assert_eq!(opt.params().rounding, Rounding::Remainder);
+        assert_eq!(opt.state_format(), StateFormat::blockwise8());
+        let master: Vec<f32> = opt.master_weights("w")?.to_vec1()?;
+        assert!(master.iter().all(|&x| x == 1.0 + f32::EPSILON));
         Ok(())
     }
 }
