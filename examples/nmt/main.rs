@@ -6,6 +6,7 @@
 //! cargo run --release --example nmt                     # adam,adam-warmup,radam on the synthetic task -> out/nmt
 //! cargo run --release --example nmt -- --compare adam,adam-warmup,adam-eps,adam-2k,radam
 //! cargo run --release --example nmt -- --optimizer radam --lr 1e-3 --steps 2000 --save ckpt
+//! cargo run --release --example nmt -- --precisions f32,bf16,f16   # radam with f32 / bf16 / f16 parameters
 //! cargo run --release --features cuda --example nmt -- --device cuda --preset iwslt \
 //!     --train-src train.de --train-tgt train.en --valid-src valid.de --valid-tgt valid.en
 //! ```
@@ -39,6 +40,7 @@ mod merge;
 mod model;
 mod outdir;
 mod plot;
+mod precision;
 mod sacrebleu;
 mod schedule;
 mod source;
@@ -52,6 +54,7 @@ use candle_radam::ParamsRAdam;
 use clap::{Parser, ValueEnum};
 use data::Dataset;
 use model::{ModelConfig, ShareEmbed};
+use precision::{ParamDType, PrecisionSpec};
 use schedule::{Decay, Schedule};
 use serde::Serialize;
 use source::{DataSpec, TokenizeSpec, TokenizerOrigin};
@@ -165,6 +168,18 @@ struct Args {
     /// Train a single run with this optimizer and the schedule flags (instead of --compare).
     #[arg(long, value_enum)]
     optimizer: Option<Opt>,
+
+    /// The dtype of the model's parameters (the variables the optimizer updates) in every
+    /// variant; the network computes in f32 either way. Half-precision parameters are updated
+    /// with round to nearest; f16 ones with dynamic loss scaling.
+    #[arg(long, value_enum, default_value = "f32", conflicts_with = "precisions")]
+    dtype: ParamDType,
+
+    /// Precision comparison: train one optimizer variant (radam, or the one --optimizer or
+    /// --compare names) once per spec, from the same initialization and data order. A spec is
+    /// DTYPE[:MODE][+STATE]: f32, bf16, f16, bf16:nearest, f16:nearest.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    precisions: Option<Vec<String>>,
 
     /// Peak learning rate (default: the preset's).
     #[arg(long)]
@@ -395,7 +410,12 @@ fn make_variant(name: &str, args: &Args, pv: &PresetValues, steps: u64) -> Resul
     };
     params.validate()?;
     schedule.build()?; // refuse bad schedule settings before any training
-    Ok(Variant { name: name.to_string(), params, schedule })
+    Ok(Variant {
+        name: name.to_string(),
+        params,
+        schedule,
+        precision: PrecisionSpec::plain(args.dtype),
+    })
 }
 
 #[derive(Serialize)]
@@ -424,6 +444,28 @@ struct Summary<'a> {
     variants: &'a [VariantResult],
 }
 
+/// The title of `curves.png`, from a `summary.json` (of a run or of a merge).
+fn plot_title(summary: &serde_json::Value) -> String {
+    let settings = &summary["settings"];
+    let params = match (settings["dtype"].as_str(), settings["precisions_of"].as_str()) {
+        (_, Some(variant)) => format!("{variant} per precision"),
+        (Some(dtype), None) => dtype.to_string(),
+        (None, None) => "f32".to_string(), // written before the dtype was recorded
+    };
+    format!(
+        "{} | {} params ({}), {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
+        summary["data"].as_str().unwrap_or(""),
+        summary["n_params"],
+        params,
+        summary["model"]["enc_layers"],
+        summary["model"]["dec_layers"],
+        summary["lr"],
+        summary["betas"][0],
+        summary["betas"][1],
+        summary["steps"]
+    )
+}
+
 /// `curves.csv`, `curves.png` and `summary.json` for the variants trained so far.
 fn write_outputs(
     out: &std::path::Path,
@@ -432,20 +474,21 @@ fn write_outputs(
     summary: &impl Serialize,
 ) -> Result<()> {
     let mut csv = std::fs::File::create(out.join("curves.csv"))?;
-    writeln!(csv, "step,variant,lr,train_loss,valid_loss,valid_ppl,gnorm")?;
+    writeln!(csv, "step,variant,lr,train_loss,valid_loss,valid_ppl,gnorm,precision")?;
     for r in results {
         for p in &r.curve {
             let opt = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
             writeln!(
                 csv,
-                "{},{},{:.6e},{:.6},{},{},{}",
+                "{},{},{:.6e},{:.6},{},{},{},{}",
                 p.step,
                 r.variant,
                 p.lr,
                 p.train_loss,
                 opt(p.valid_loss),
                 opt(p.valid_ppl),
-                opt(p.gnorm)
+                opt(p.gnorm),
+                r.precision
             )?;
         }
     }
@@ -457,15 +500,18 @@ fn write_outputs(
 /// The results as a Markdown table on stdout.
 fn print_table(results: &[VariantResult], eval_name: &str) {
     println!(
-        "| variant | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenize=none | chrF | ms/step | tokens/s |",
+        "| variant | params | final train loss | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenize=none | chrF | ms/step | tokens/s | skipped steps |",
         e = eval_name
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let sc = r.scores.unwrap_or_default();
+        let train_loss = r.curve.last().map_or(f64::NAN, |p| p.train_loss);
         println!(
-            "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |",
+            "| {} | {} | {:.4} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} |",
             r.variant,
+            r.precision,
+            train_loss,
             r.final_valid_ppl,
             r.best_valid_ppl,
             sc.bleu,
@@ -473,7 +519,8 @@ fn print_table(results: &[VariantResult], eval_name: &str) {
             sc.bleu_tok,
             sc.chrf,
             r.ms_per_step,
-            r.tokens_per_s
+            r.tokens_per_s,
+            r.skipped_steps
         );
     }
 }
@@ -487,6 +534,7 @@ fn settings(
     pv: &PresetValues,
     loaded: &source::Loaded,
     tokenizer_fp: Option<String>,
+    precisions_of: Option<&str>,
 ) -> serde_json::Value {
     use subword::fingerprint;
     let pair_lines = |pairs: &[data::Pair]| -> Vec<String> {
@@ -500,7 +548,12 @@ fn settings(
         .collect();
     let data_fp = fingerprint(lines.iter().map(String::as_str));
     let single = args.optimizer.is_some();
+    // The parameter dtype of every variant (--dtype), or, in a precision comparison, the one
+    // optimizer variant compared: each result then carries its own precision.
+    let dtype = precisions_of.is_none().then(|| args.dtype.name());
     serde_json::json!({
+        "dtype": dtype,
+        "precisions_of": precisions_of,
         "lr": args.lr.unwrap_or(pv.lr),
         "betas": args.betas,
         "eps": args.eps,
@@ -527,6 +580,24 @@ fn settings(
         "data_fingerprint": data_fp,
         "tokenizer_fingerprint": tokenizer_fp,
     })
+}
+
+/// The runs of a precision comparison: the one variant in `variants` once per spec of
+/// `specs`, each labelled with its spec's canonical name.
+fn precision_runs(variants: &[Variant], specs: &[String]) -> Result<Vec<Variant>> {
+    let [base] = variants else {
+        bail!("--precisions compares one optimizer variant: give --compare one variant")
+    };
+    let mut runs: Vec<Variant> = Vec::with_capacity(specs.len());
+    for s in specs {
+        let precision = PrecisionSpec::parse(s)?;
+        let name = precision.to_string();
+        if runs.iter().any(|r| r.name == name) {
+            bail!("--precisions: {name} occurs twice");
+        }
+        runs.push(Variant { name, precision, ..base.clone() });
+    }
+    Ok(runs)
 }
 
 fn run(args: Args) -> Result<Vec<VariantResult>> {
@@ -642,6 +713,10 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         (None, Some(list)) => {
             list.iter().map(|n| make_variant(n.trim(), &args, &pv, steps)).collect::<Result<_>>()?
         }
+        // A precision comparison trains radam unless told otherwise.
+        (None, None) if args.precisions.is_some() => {
+            vec![make_variant("radam", &args, &pv, steps)?]
+        }
         (None, None) => ["adam", "adam-warmup", "radam"]
             .iter()
             .map(|n| make_variant(n, &args, &pv, steps))
@@ -650,10 +725,16 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
     if variants.is_empty() {
         bail!("--compare: no variant given");
     }
+    // A precision comparison: the one variant once per spec.
+    let precisions_of = args.precisions.as_ref().map(|_| variants[0].name.clone());
+    let variants = match &args.precisions {
+        None => variants,
+        Some(specs) => precision_runs(&variants, specs)?,
+    };
 
     let n_params: usize = {
-        let (vm, _) = model::build(&model_cfg, args.seed, &Device::Cpu)?;
-        vm.all_vars().iter().map(|v| v.elem_count()).sum()
+        let m = model::build(&model_cfg, args.seed, candle_core::DType::F32, &Device::Cpu)?;
+        m.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
     };
     eprintln!(
         "data: {data_desc}: {} train / {} valid pairs, vocab {} / {}; model: {} params ({}+{} layers, d {}, ffn {}, {} heads); {} steps of <= {} tokens; device {:?}",
@@ -665,8 +746,13 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut tokenizer_desc = None;
-    let run_settings =
-        settings(&args, &pv, &loaded, loaded.tokenizer.as_ref().map(|(sw, _)| sw.fingerprint()));
+    let run_settings = settings(
+        &args,
+        &pv,
+        &loaded,
+        loaded.tokenizer.as_ref().map(|(sw, _)| sw.fingerprint()),
+        precisions_of.as_deref(),
+    );
     if let Some((sw, origin)) = &loaded.tokenizer {
         let meta = match origin {
             TokenizerOrigin::Learned(m) => Some(m.clone()),
@@ -704,17 +790,6 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         eprintln!("tokenizer: {}", tokenizer_desc.as_ref().unwrap());
     }
 
-    let title = format!(
-        "{} | {} params, {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
-        data_desc,
-        n_params,
-        model_cfg.enc_layers,
-        model_cfg.dec_layers,
-        args.lr.unwrap_or(pv.lr),
-        args.betas[0],
-        args.betas[1],
-        steps
-    );
     let many = variants.len() > 1;
     let mut results = Vec::new();
     for v in &variants {
@@ -771,7 +846,12 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
             wall_seconds: wall.elapsed().as_secs_f64(),
             variants: &results,
         };
-        write_outputs(&args.out, &results, &title, &summary)?;
+        write_outputs(
+            &args.out,
+            &results,
+            &plot_title(&serde_json::to_value(&summary)?),
+            &summary,
+        )?;
         if results.len() == 1 {
             // The directory now describes this run: translations of other variants, left by an
             // earlier run into it, would pass for this run's.
@@ -978,6 +1058,123 @@ mod tests {
         assert_eq!(resumed[0].steps, 20);
         let (a, b) = (full[0].final_valid_loss, resumed[0].final_valid_loss);
         assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        Ok(())
+    }
+
+    /// `--precisions`: one run of radam per spec, from the same initialization and data order,
+    /// labelled by the spec's canonical name, in every output; `--dtype` sets the parameters
+    /// of every variant.
+    #[test]
+    fn precision_comparison_trains_one_run_per_spec() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("out");
+        let o = out.to_str().unwrap();
+        let res = run(args(&["--precisions", "f32,BF16,f16:nearest", "--out", o]))?;
+        let names: Vec<&str> = res.iter().map(|r| r.variant.as_str()).collect();
+        assert_eq!(names, ["f32", "bf16:nearest", "f16:nearest"]);
+        for r in &res {
+            assert_eq!(r.precision, r.variant);
+            let first = r.curve.first().unwrap().train_loss;
+            let last = r.curve.last().unwrap().train_loss;
+            assert!(last < first - 0.5, "{}: loss {first} -> {last}", r.variant);
+            assert!(out.join(format!("hyp.{}.txt", r.variant)).exists());
+        }
+        // The same start (f32 values rounded to nearest): the first losses agree to within the
+        // rounding; the trajectories differ.
+        let first: Vec<f64> = res.iter().map(|r| r.curve[0].train_loss).collect();
+        assert!((first[0] - first[1]).abs() < 0.05 && (first[0] - first[2]).abs() < 0.05);
+        assert_ne!(res[0].curve, res[1].curve);
+        let csv = std::fs::read_to_string(out.join("curves.csv"))?;
+        assert!(
+            csv.starts_with("step,variant,lr,train_loss,valid_loss,valid_ppl,gnorm,precision\n")
+        );
+        assert!(csv
+            .lines()
+            .skip(1)
+            .any(|l| l.contains(",bf16:nearest,") && l.ends_with(",bf16:nearest")));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        assert_eq!(summary["settings"]["precisions_of"], "radam");
+        assert_eq!(summary["settings"]["dtype"], serde_json::Value::Null);
+        assert_eq!(summary["variants"][1]["precision"], "bf16:nearest");
+        // The f32 run of a comparison is the plain run.
+        let plain = run(args(&["--compare", "radam"]))?;
+        assert_eq!((plain[0].variant.as_str(), plain[0].precision.as_str()), ("radam", "f32"));
+        assert_eq!(plain[0].curve, res[0].curve);
+        // --dtype: every variant with those parameters, labelled by the variant.
+        let half = run(args(&["--compare", "adam,radam", "--dtype", "bf16"]))?;
+        assert_eq!(half[1].variant, "radam");
+        assert_eq!(half[1].precision, "bf16:nearest");
+        assert_eq!(half[1].curve, res[1].curve);
+        // --optimizer or a single --compare picks the variant compared.
+        let adam = run(args(&["--precisions", "bf16", "--compare", "adam"]))?;
+        assert_eq!(adam[0].curve, half[0].curve);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_precision_flags_are_reported() {
+        for (flags, says) in [
+            (&["--precisions", "bf16:bogus"][..], "unknown update mode \"bogus\""),
+            (&["--precisions", "f32,bf16,bf16:nearest"], "bf16:nearest occurs twice"),
+            (&["--precisions", "f32", "--compare", "adam,radam"], "one optimizer variant"),
+            (&["--precisions", "f64"], "unknown parameter dtype"),
+        ] {
+            let e = run(args(flags)).unwrap_err().to_string();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        assert!(Args::try_parse_from(["nmt", "--dtype", "bf16", "--precisions", "f32"]).is_err());
+        assert!(Args::try_parse_from(["nmt", "--dtype", "f64"]).is_err());
+    }
+
+    /// Half-precision runs save and resume (f16 with its loss scale and skipped steps), and a
+    /// checkpoint refuses a run with other parameters.
+    #[test]
+    fn precision_checkpoints_resume_and_refuse_another_dtype() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let ck = dir.path().join("ck");
+        let o = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let go = |steps: &str, extra: &[&str], out: &str| {
+            let mut a = vec!["--precisions", "bf16,f16", "--decay", "constant", "--steps", steps];
+            a.extend_from_slice(extra);
+            a.extend_from_slice(&["--out", out]);
+            run(args(&a))
+        };
+        let full = go("20", &[], &o("a"))?;
+        go("10", &["--save", ck.to_str().unwrap()], &o("b"))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(ck.join("f16:nearest/meta.json"))?)?;
+        assert_eq!(meta["precision"], "f16:nearest");
+        assert_eq!(meta["step"], 10);
+        let resumed = go("20", &["--resume", ck.to_str().unwrap()], &o("c"))?;
+        for (a, b) in full.iter().zip(&resumed) {
+            assert_eq!(b.steps, 20);
+            assert_eq!(a.skipped_steps, b.skipped_steps, "{}", a.variant);
+            let (x, y) = (a.final_valid_loss, b.final_valid_loss);
+            assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "{}: {x} vs {y}", a.variant);
+        }
+        // The optimizer's step count leaves out the steps skipped under f16 loss scaling.
+        let skipped = go("10", &[], &o("d"))?[1].skipped_steps;
+        assert_eq!(meta["optimizer_steps"].as_u64(), Some(10 - skipped));
+        let bf16 = ck.join("bf16:nearest");
+        let e = format!(
+            "{:#}",
+            run(args(&["--optimizer", "radam", "--resume", bf16.to_str().unwrap()])).unwrap_err()
+        );
+        assert!(e.contains("trained with bf16:nearest parameters, this run has f32"), "{e}");
+        let again = run(args(&[
+            "--optimizer",
+            "radam",
+            "--dtype",
+            "bf16",
+            "--decay",
+            "constant",
+            "--steps",
+            "20",
+            "--resume",
+            bf16.to_str().unwrap(),
+        ]))?;
+        assert_eq!(again[0].final_valid_loss, resumed[0].final_valid_loss);
         Ok(())
     }
 
@@ -1285,12 +1482,48 @@ mod tests {
             (&["--clip-norm", "1"], "clip_norm"),
             (&["--max-len", "5"], "max_len"),
             (&["--n-train", "61"], "data_fingerprint"),
+            (&["--dtype", "bf16"], "dtype"),
         ] {
             tiny("radam", &o("c"), flags)?;
             let e = run(args(&["--merge", &format!("{},{}", o("b"), o("c")), "--out", &o("m")]))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(&format!(": {setting} is ")), "{flags:?}: {e}");
+        }
+        Ok(())
+    }
+
+    /// The runs of a precision comparison trained one per process merge into the comparison;
+    /// runs of another optimizer variant or of another --dtype do not.
+    #[test]
+    fn precision_runs_merge_like_one_comparison() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let o = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let go = |extra: &[&str], out: &str| -> Result<Vec<VariantResult>> {
+            let mut a = vec!["--steps", "6", "--n-train", "60", "--out", out];
+            a.extend_from_slice(extra);
+            run(args(&a))
+        };
+        let both = go(&["--precisions", "f32,bf16"], &o("both"))?;
+        go(&["--precisions", "f32"], &o("f32"))?;
+        go(&["--precisions", "bf16"], &o("bf16"))?;
+        let m = run(args(&["--merge", &format!("{},{}", o("f32"), o("bf16")), "--out", &o("m")]))?;
+        assert_eq!(m.len(), 2);
+        for (a, b) in both.iter().zip(&m) {
+            assert_eq!((&a.variant, &a.precision), (&b.variant, &b.precision));
+        }
+        let csv = |d: &str| std::fs::read_to_string(dir.path().join(d).join("curves.csv"));
+        assert_eq!(csv("both")?, csv("m")?);
+        for (extra, setting) in [
+            (&["--precisions", "f16", "--compare", "adam"][..], "precisions_of"),
+            (&["--dtype", "f16", "--compare", "radam"], "dtype"),
+        ] {
+            go(extra, &o("other"))?;
+            let e =
+                run(args(&["--merge", &format!("{},{}", o("f32"), o("other")), "--out", &o("x")]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains(&format!(": {setting} is ")), "{extra:?}: {e}");
         }
         Ok(())
     }

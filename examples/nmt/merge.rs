@@ -24,9 +24,10 @@ fn read_curve(path: &Path, variant: &str) -> Result<Vec<CurvePoint>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        // 7 fields (gnorm last); 6 in runs written before gnorm was logged.
-        if f.len() != 7 && f.len() != 6 {
-            bail!("{}:{}: expected 7 fields, found {}", path.display(), i + 1, f.len());
+        // 8 fields (precision last; the summary has it too); 7 in runs written before the
+        // precision was recorded, 6 before gnorm was logged.
+        if !(6..=8).contains(&f.len()) {
+            bail!("{}:{}: expected 8 fields, found {}", path.display(), i + 1, f.len());
         }
         if f[1] != variant {
             continue;
@@ -154,17 +155,6 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
     summary["variants"] = serde_json::to_value(&results)?;
     summary["merged_from"] = dirs.iter().map(|d| d.display().to_string()).collect();
     summary["wall_seconds"] = Value::Null;
-    let title = format!(
-        "{} | {} params, {}+{} layers post-LN | lr {} betas ({}, {}) | {} steps",
-        summary["data"].as_str().unwrap_or(""),
-        summary["n_params"],
-        summary["model"]["enc_layers"],
-        summary["model"]["dec_layers"],
-        summary["lr"],
-        summary["betas"][0],
-        summary["betas"][1],
-        summary["steps"]
-    );
-    crate::write_outputs(out, &results, &title, &summary)?;
+    crate::write_outputs(out, &results, &crate::plot_title(&summary), &summary)?;
     Ok(results)
 }

@@ -10,6 +10,7 @@ use candle_nn::{Embedding, VarBuilder, VarMap};
 use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ShareEmbed {
@@ -260,6 +261,8 @@ pub struct Transformer {
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
     device: Device,
+    /// The dtype it computes in (its weights', masks' and activations').
+    dtype: DType,
 }
 
 /// Encoder output plus what the decoder needs from the source.
@@ -327,6 +330,7 @@ impl Transformer {
             encoder,
             decoder,
             device: vb.device().clone(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -334,14 +338,15 @@ impl Transformer {
         let (_, l) = ids.dims2()?;
         let d = self.cfg.d_model;
         let x = (emb.forward(ids)? * (d as f64).sqrt())?;
-        let pos = sinusoidal(l, d, &self.device)?;
+        let pos = sinusoidal(l, d, &self.device)?.to_dtype(self.dtype)?;
         drop.apply(&x.broadcast_add(&pos)?)
     }
 
     /// Encodes right-padded source ids `(b, s)`.
     pub fn encode(&self, src: &[u32], b: usize, s: usize, drop: &mut Dropout) -> Result<Memory> {
         let ids = Tensor::from_slice(src, (b, s), &self.device)?;
-        let mask = Tensor::from_vec(padding_mask(src, b, s), (b, 1, 1, s), &self.device)?;
+        let mask = Tensor::from_vec(padding_mask(src, b, s), (b, 1, 1, s), &self.device)?
+            .to_dtype(self.dtype)?;
         let mut x = self.embed(&self.src_embed, &ids, drop)?;
         for layer in &self.encoder {
             x = layer.forward(&x, &mask, drop)?;
@@ -359,7 +364,8 @@ impl Transformer {
         drop: &mut Dropout,
     ) -> Result<Tensor> {
         let ids = Tensor::from_slice(tgt_in, (b, t), &self.device)?;
-        let causal = Tensor::from_vec(causal_mask(t), (1, 1, t, t), &self.device)?;
+        let causal =
+            Tensor::from_vec(causal_mask(t), (1, 1, t, t), &self.device)?.to_dtype(self.dtype)?;
         let mut x = self.embed(&self.tgt_embed, &ids, drop)?;
         for layer in &self.decoder {
             x = layer.forward(&x, &memory.states, &causal, &memory.mask, drop)?;
@@ -369,14 +375,16 @@ impl Transformer {
     }
 }
 
-/// Deterministic initialization of every variable of `varmap` from `seed` (candle's CPU RNG
-/// cannot be seeded): embeddings N(0, d^-1/2) as in fairseq, matrices Xavier-uniform, biases and
-/// LayerNorm shifts 0, LayerNorm scales 1. Variables are visited in name order.
-pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+/// The deterministic initial values of every variable of `varmap`, in f32, by name, from `seed`
+/// (candle's CPU RNG cannot be seeded): embeddings N(0, d^-1/2) as in fairseq, matrices
+/// Xavier-uniform, biases and LayerNorm shifts 0, LayerNorm scales 1. Variables are visited in
+/// name order; the values depend on the names and shapes only, not on the variables' dtype.
+pub fn init_values(varmap: &VarMap, seed: u64) -> Result<HashMap<String, Tensor>> {
     let data = varmap.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = HashMap::with_capacity(names.len());
     for name in names {
         let var: &Var = &data[name];
         let shape = var.shape().clone();
@@ -392,8 +400,18 @@ pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
             let bound = (6.0 / (dims[0] + dims[1]) as f64).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
         };
-        let t = Tensor::from_vec(values, shape, var.device())?.to_dtype(var.dtype())?;
-        var.set(&t)?;
+        out.insert(name.clone(), Tensor::from_vec(values, shape, var.device())?);
+    }
+    Ok(out)
+}
+
+/// Sets every variable of `varmap` to its [`init_values`], rounded to nearest in the
+/// variable's dtype: the same initialization for f32, bf16 and f16 parameters.
+pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+    let values = init_values(varmap, seed)?;
+    let data = varmap.data().lock().unwrap();
+    for (name, var) in data.iter() {
+        var.set(&values[name].to_dtype(var.dtype())?)?;
     }
     Ok(())
 }
@@ -405,13 +423,48 @@ fn normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// Builds a model on a fresh VarMap, initialized from `seed`.
-pub fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<(VarMap, Transformer)> {
+/// The dtype the network computes in, whatever the parameters' dtype (see [`Model::compute`]).
+pub const COMPUTE_DTYPE: DType = DType::F32;
+
+/// The model's parameters: a VarMap of variables in one dtype (the ones the optimizer updates),
+/// and the network's configuration.
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub varmap: VarMap,
+}
+
+impl Model {
+    /// The network on the parameters' current values, computing in [`COMPUTE_DTYPE`]: every
+    /// parameter is cast once (one graph node per variable, however often the network uses it;
+    /// an f32 parameter is used as it is), so the backward pass accumulates each gradient in
+    /// f32 and rounds it once to the parameter's dtype. Build it afresh for every forward pass
+    /// (a cast copies the values of the moment).
+    pub fn compute(&self) -> Result<Transformer> {
+        self.compute_in(COMPUTE_DTYPE)
+    }
+
+    /// [`Model::compute`] in `dtype` (only to measure what computing in half precision would
+    /// cost: the training loop computes in [`COMPUTE_DTYPE`]).
+    fn compute_in(&self, dtype: DType) -> Result<Transformer> {
+        let casts: HashMap<String, Tensor> = {
+            let data = self.varmap.data().lock().unwrap();
+            data.iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+                .collect::<Result<_>>()?
+        };
+        let device = casts.values().next().map_or(Device::Cpu, |t| t.device().clone());
+        Transformer::new(&self.cfg, VarBuilder::from_tensors(casts, dtype, &device))
+    }
+}
+
+/// Builds a model on a fresh VarMap with parameters of dtype `dtype`, initialized from `seed`
+/// ([`init_weights`]).
+pub fn build(cfg: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Model> {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = Transformer::new(cfg, vb)?;
+    let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+    Transformer::new(cfg, vb)?;
     init_weights(&varmap, seed)?;
-    Ok((varmap, model))
+    Ok(Model { cfg: cfg.clone(), varmap })
 }
 
 #[cfg(test)]
@@ -435,8 +488,9 @@ mod tests {
     #[test]
     fn shapes_and_deterministic_init() -> Result<()> {
         let dev = Device::Cpu;
-        let (vm1, m) = build(&tiny(), 5, &dev)?;
-        let (vm2, _) = build(&tiny(), 5, &dev)?;
+        let m1 = build(&tiny(), 5, DType::F32, &dev)?;
+        let (vm1, m) = (&m1.varmap, m1.compute()?);
+        let vm2 = build(&tiny(), 5, DType::F32, &dev)?.varmap;
         let mem = m.encode(&[4, 5, 2, 0, 6, 2, 0, 0], 2, 4, &mut Dropout::off())?;
         let logits = m.decode(&mem, &[1, 7, 8, 1, 9, 0], 2, 3, &mut Dropout::off())?;
         assert_eq!(logits.dims(), &[2, 3, 13]);
@@ -449,10 +503,126 @@ mod tests {
         Ok(())
     }
 
+    /// Every parameter dtype starts from the same f32 values, rounded to nearest.
+    #[test]
+    fn same_initialization_in_every_dtype() -> Result<()> {
+        let dev = Device::Cpu;
+        let f32m = build(&tiny(), 7, DType::F32, &dev)?;
+        let init = init_values(&f32m.varmap, 7)?;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let m = build(&tiny(), 7, dtype, &dev)?;
+            assert_eq!(init_values(&m.varmap, 7)?.len(), init.len());
+            let data = m.varmap.data().lock().unwrap();
+            for (name, var) in data.iter() {
+                assert_eq!(var.dtype(), dtype, "{name}");
+                let want = init[name].to_dtype(dtype)?.to_dtype(DType::F64)?.flatten_all()?;
+                let got = var.as_tensor().to_dtype(DType::F64)?.flatten_all()?;
+                assert_eq!(got.to_vec1::<f64>()?, want.to_vec1::<f64>()?, "{name} {dtype:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The network computes in f32 on half-precision parameters, and each gradient reaches its
+    /// variable in the variable's dtype as the f32 gradient rounded once: exactly the gradient
+    /// of an f32 model holding the same (half-representable) values, rounded to nearest, the
+    /// decoder's shared input / output embedding included (two uses, one rounding).
+    #[test]
+    fn half_parameters_get_the_f32_gradient_rounded_once() -> Result<()> {
+        let dev = Device::Cpu;
+        let loss = |m: &Model| -> Result<candle_core::Tensor> {
+            let net = m.compute()?;
+            let mem = net.encode(&[4, 5, 2, 0, 6, 2, 0, 0], 2, 4, &mut Dropout::off())?;
+            let logits = net.decode(&mem, &[1, 7, 8, 1, 9, 0], 2, 3, &mut Dropout::off())?;
+            assert_eq!(logits.dtype(), COMPUTE_DTYPE);
+            candle_nn::ops::log_softmax(&logits, D::Minus1)?.sqr()?.sum_all()
+        };
+        for dtype in [DType::BF16, DType::F16] {
+            let half = build(&tiny(), 3, dtype, &dev)?;
+            let wide = build(&tiny(), 3, DType::F32, &dev)?;
+            for (name, var) in wide.varmap.data().lock().unwrap().iter() {
+                let v =
+                    half.varmap.data().lock().unwrap()[name].as_tensor().to_dtype(DType::F32)?;
+                var.set(&v)?;
+            }
+            let (gh, gw) = (loss(&half)?.backward()?, loss(&wide)?.backward()?);
+            let hv = half.varmap.data().lock().unwrap();
+            let wv = wide.varmap.data().lock().unwrap();
+            assert_eq!(hv.len(), wv.len());
+            for (name, var) in hv.iter() {
+                let g = gh.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient: {name}"));
+                assert_eq!(g.dtype(), dtype, "{name}");
+                let want = gw.get(wv[name].as_tensor()).unwrap().to_dtype(dtype)?;
+                let bits = |t: &candle_core::Tensor| -> Result<Vec<f64>> {
+                    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+                };
+                assert_eq!(bits(g)?, bits(&want)?, "{name} {dtype:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// What computing in half precision would cost on the CPU (`precision.rs`): one forward and
+    /// backward pass of the default `cpu` preset's network (3+3 layers, d 128, ffn 256, 4 heads)
+    /// on a batch of 40 x 30 tokens: f32 parameters, and bf16 parameters computing in f32 (what
+    /// training does: the casts' cost) or in bf16 / f16, timed side by side. Prints the times and ratios; run it by name:
+    /// `cargo test --release --example nmt -- --ignored half_compute_speed --nocapture`.
+    #[test]
+    #[ignore = "a timing, printed: run it by name"]
+    fn half_compute_speed() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = ModelConfig {
+            src_vocab: 187,
+            tgt_vocab: 287,
+            d_model: 128,
+            heads: 4,
+            ffn: 256,
+            enc_layers: 3,
+            dec_layers: 3,
+            dropout: 0.0,
+            share: ShareEmbed::Decoder,
+        };
+        let half = build(&cfg, 1, DType::BF16, &dev)?;
+        let wide = build(&cfg, 1, DType::F32, &dev)?;
+        let (b, l) = (40, 30);
+        let src: Vec<u32> = (0..b * l).map(|i| 4 + (i * 7 % 180) as u32).collect();
+        let tgt: Vec<u32> = (0..b * l).map(|i| 4 + (i * 11 % 280) as u32).collect();
+        let step = |m: &Model, dtype: DType| -> Result<f64> {
+            let t = std::time::Instant::now();
+            let net = m.compute_in(dtype)?;
+            let mem = net.encode(&src, b, l, &mut Dropout::off())?;
+            let logits = net.decode(&mem, &tgt, b, l, &mut Dropout::off())?;
+            let loss = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?
+                .mean_all()?;
+            loss.backward()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        let runs =
+            [(&wide, DType::F32), (&half, DType::F32), (&half, DType::BF16), (&half, DType::F16)];
+        // The best of 7, interleaved: the least disturbed by other load on the machine.
+        let mut ms = [f64::INFINITY; 4];
+        for _ in 0..7 {
+            for (i, (m, d)) in runs.iter().enumerate() {
+                ms[i] = ms[i].min(step(m, *d)?);
+            }
+        }
+        println!(
+            "ms per forward + backward (best of 7): f32 params {:.0}; bf16 params computing in f32 {:.0} ({:.2}x), in bf16 {:.0} ({:.2}x), in f16 {:.0} ({:.2}x)",
+            ms[0],
+            ms[1],
+            ms[1] / ms[0],
+            ms[2],
+            ms[2] / ms[0],
+            ms[3],
+            ms[3] / ms[0]
+        );
+        Ok(())
+    }
+
     #[test]
     fn padding_and_causal_masks_hide_what_they_should() -> Result<()> {
         let dev = Device::Cpu;
-        let (_, m) = build(&tiny(), 1, &dev)?;
+        let m = build(&tiny(), 1, DType::F32, &dev)?.compute()?;
         let mut off = Dropout::off();
         // Padding the source must not change the output: the padding mask hides the pad keys.
         let mem1 = m.encode(&[4, 5, 2, 0, 0], 1, 5, &mut off)?;

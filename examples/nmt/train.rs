@@ -2,7 +2,8 @@
 //! decoding) and checkpoints. Scoring the translations is the caller's (`sacrebleu.rs`).
 
 use crate::data::{BatchStream, Dataset, BOS, EOS, PAD};
-use crate::model::{build, Dropout, ModelConfig, Transformer};
+use crate::model::{build, init_values, Dropout, ModelConfig, Transformer};
+use crate::precision::PrecisionSpec;
 use crate::schedule::Schedule;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -13,13 +14,15 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// One optimizer + schedule setting to train with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One optimizer + schedule + parameter precision setting to train with.
+#[derive(Debug, Clone)]
 pub struct Variant {
+    /// The run's label in outputs: the optimizer variant's name, or in a precision comparison
+    /// the spec's canonical name (`main::precision_runs`).
     pub name: String,
-    #[serde(skip)]
     pub params: ParamsRAdam,
     pub schedule: Schedule,
+    pub precision: PrecisionSpec,
 }
 
 /// Everything about a training run that is not the optimizer.
@@ -65,7 +68,14 @@ fn null_as_inf<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantResult {
     pub variant: String,
+    /// The parameter precision (canonical spec, see `precision.rs`); f32 in runs written before
+    /// it was recorded.
+    #[serde(default = "f32_name")]
+    pub precision: String,
     pub steps: u64,
+    /// Steps the optimizer skipped (non-finite gradients under f16 loss scaling).
+    #[serde(default)]
+    pub skipped_steps: u64,
     #[serde(deserialize_with = "null_as_inf")]
     pub final_valid_loss: f64,
     #[serde(deserialize_with = "null_as_inf")]
@@ -86,6 +96,10 @@ pub struct VariantResult {
     /// empty when the run diverged.
     #[serde(skip)]
     pub hyps: Vec<Vec<u32>>,
+}
+
+fn f32_name() -> String {
+    PrecisionSpec::plain(crate::precision::ParamDType::F32).to_string()
 }
 
 /// Label-smoothed cross entropy as fairseq's `label_smoothed_cross_entropy`:
@@ -274,8 +288,16 @@ pub fn beam_decode(
 
 #[derive(Serialize, Deserialize)]
 struct CheckpointMeta {
+    /// Training steps (batches) done.
     step: u64,
+    /// The optimizer's step count: `step` less the steps skipped under loss scaling (absent in
+    /// checkpoints written before it was recorded, which had none).
+    #[serde(default)]
+    optimizer_steps: Option<u64>,
     variant: String,
+    /// The parameter precision (canonical spec); f32 in checkpoints written before it was.
+    #[serde(default = "f32_name")]
+    precision: String,
     src_vocab: usize,
     tgt_vocab: usize,
 }
@@ -284,15 +306,18 @@ fn save_checkpoint(
     dir: &Path,
     varmap: &VarMap,
     opt: &RAdam,
-    variant: &str,
+    step: u64,
+    variant: &Variant,
     cfg: &ModelConfig,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     varmap.save(dir.join("model.safetensors"))?;
     opt.save_state(dir.join("optimizer.safetensors"))?;
     let meta = CheckpointMeta {
-        step: opt.step_count(),
-        variant: variant.to_string(),
+        step,
+        optimizer_steps: Some(opt.step_count()),
+        variant: variant.name.clone(),
+        precision: variant.precision.to_string(),
         src_vocab: cfg.src_vocab,
         tgt_vocab: cfg.tgt_vocab,
     };
@@ -304,12 +329,21 @@ fn load_checkpoint(
     dir: &Path,
     varmap: &mut VarMap,
     opt: &mut RAdam,
+    precision: &PrecisionSpec,
     cfg: &ModelConfig,
 ) -> Result<u64> {
     let meta: CheckpointMeta = serde_json::from_str(
         &std::fs::read_to_string(dir.join("meta.json"))
             .with_context(|| format!("no checkpoint in {}", dir.display()))?,
     )?;
+    if meta.precision != precision.to_string() {
+        bail!(
+            "checkpoint {} was trained with {} parameters, this run has {} (--dtype / --precisions)",
+            dir.display(),
+            meta.precision,
+            precision
+        );
+    }
     if (meta.src_vocab, meta.tgt_vocab) != (cfg.src_vocab, cfg.tgt_vocab) {
         bail!(
             "checkpoint {} was trained with vocabularies {}/{}, the data gives {}/{}",
@@ -322,12 +356,13 @@ fn load_checkpoint(
     }
     varmap.load(dir.join("model.safetensors"))?;
     opt.load_state(dir.join("optimizer.safetensors"))?;
-    if opt.step_count() != meta.step {
+    let optimizer_steps = meta.optimizer_steps.unwrap_or(meta.step);
+    if opt.step_count() != optimizer_steps {
         bail!(
             "checkpoint {}: optimizer at step {}, meta says {}",
             dir.display(),
             opt.step_count(),
-            meta.step
+            optimizer_steps
         );
     }
     Ok(meta.step)
@@ -343,8 +378,10 @@ pub fn train_variant(
     eval: &Dataset,
     device: &Device,
 ) -> Result<VariantResult> {
-    let (mut varmap, model) = build(&cfg.model, cfg.seed, device)?;
-    let mut opt = RAdam::from_varmap(&varmap, variant.params.clone())?;
+    let mut model = build(&cfg.model, cfg.seed, variant.precision.dtype.dtype(), device)?;
+    let mut opt = variant.precision.optimizer(&model.varmap, variant.params.clone(), || {
+        Ok(init_values(&model.varmap, cfg.seed)?)
+    })?;
     let schedule = variant.schedule.build()?;
     // Global-norm clipping fused into the step (torch `clip_grad_norm_` semantics). Without
     // `--clip-norm` the bound is infinite: the trajectory is exactly the unclipped one, and the
@@ -353,7 +390,7 @@ pub fn train_variant(
     opt.set_max_grad_norm(Some(max_norm))?;
     let mut start = 0;
     if let Some(dir) = &cfg.resume {
-        start = load_checkpoint(dir, &mut varmap, &mut opt, &cfg.model)?;
+        start = load_checkpoint(dir, &mut model.varmap, &mut opt, &variant.precision, &cfg.model)?;
     }
     let mut stream = BatchStream::new(train, cfg.max_tokens, cfg.seed);
     stream.skip(start);
@@ -374,6 +411,8 @@ pub fn train_variant(
 
     let mut curve = Vec::new();
     let (mut window_loss, mut window_gnorm, mut window_n) = (0f64, 0f64, 0u64);
+    // Steps whose gradient norm is finite (a step skipped under f16 loss scaling has none).
+    let mut window_gnorm_n = 0u64;
     let mut train_time = 0f64;
     let mut tokens = 0usize;
     let mut diverged = false;
@@ -385,8 +424,9 @@ pub fn train_variant(
         // Update `step` (1-based) follows `step - 1` completed ones (the crate's convention).
         let lr = candle_radam::schedule::apply(schedule.as_ref(), &mut opt, step - 1)?;
         let b = train.make_batch(stream.next_indices());
-        let mem = model.encode(&b.src, b.size, b.src_len, &mut drop)?;
-        let logits = model.decode(&mem, &b.tgt_in, b.size, b.tgt_len, &mut drop)?;
+        let net = model.compute()?;
+        let mem = net.encode(&b.src, b.size, b.src_len, &mut drop)?;
+        let logits = net.decode(&mem, &b.tgt_in, b.size, b.tgt_len, &mut drop)?;
         let tgt = Tensor::from_slice(&b.tgt_out, (b.size, b.tgt_len), device)?;
         let (loss_sum, _) = label_smoothed_loss(&logits, &tgt, cfg.label_smoothing)?;
         let loss = (loss_sum / b.n_tokens as f64)?;
@@ -400,7 +440,8 @@ pub fn train_variant(
             break;
         }
         let t_fwd = t0.elapsed().as_secs_f64();
-        let grads = loss.backward()?;
+        // (The loss as it is, unless f16 parameters keep a loss scale: see `precision.rs`.)
+        let grads = opt.scale_loss(&loss)?.backward()?;
         let t_bwd = t0.elapsed().as_secs_f64();
         opt.step(&grads)?;
         let gnorm = opt.last_grad_norm().unwrap_or(f64::NAN);
@@ -420,7 +461,10 @@ pub fn train_variant(
         tokens += b.n_tokens;
         steps_done += 1;
         window_loss += loss_v;
-        window_gnorm += gnorm;
+        if gnorm.is_finite() {
+            window_gnorm += gnorm;
+            window_gnorm_n += 1;
+        }
         window_n += 1;
         pb.set_position(step);
         pb.set_message(format!(
@@ -434,12 +478,12 @@ pub fn train_variant(
                 step,
                 lr,
                 train_loss: window_loss / window_n as f64,
-                gnorm: Some(window_gnorm / window_n as f64),
+                gnorm: (window_gnorm_n > 0).then(|| window_gnorm / window_gnorm_n as f64),
                 valid_loss: None,
                 valid_ppl: None,
             };
             if eval_now {
-                let vl = valid_loss(&model, valid, cfg.max_tokens)?;
+                let vl = valid_loss(&model.compute()?, valid, cfg.max_tokens)?;
                 let ppl = vl.exp();
                 best_ppl = best_ppl.min(ppl);
                 last_valid = (vl, ppl);
@@ -449,19 +493,20 @@ pub fn train_variant(
             curve.push(point);
             window_loss = 0.0;
             window_gnorm = 0.0;
+            window_gnorm_n = 0;
             window_n = 0;
         }
     }
     pb.finish_and_clear();
     if let Some(dir) = &cfg.save {
-        save_checkpoint(dir, &varmap, &opt, &variant.name, &cfg.model)?;
+        save_checkpoint(dir, &model.varmap, &opt, start + steps_done, variant, &cfg.model)?;
     }
     let t_translate = Instant::now();
     let hyps = if diverged {
         Vec::new()
     } else {
         beam_decode(
-            &model,
+            &model.compute()?,
             eval,
             cfg.bleu_sentences,
             cfg.max_decode_extra,
@@ -474,7 +519,9 @@ pub fn train_variant(
     }
     Ok(VariantResult {
         variant: variant.name.clone(),
+        precision: variant.precision.to_string(),
         steps: start + steps_done,
+        skipped_steps: opt.skipped_steps(),
         final_valid_loss: last_valid.0,
         final_valid_ppl: last_valid.1,
         best_valid_ppl: best_ppl,
@@ -524,7 +571,7 @@ mod tests {
             dropout: 0.0,
             share: ShareEmbed::Decoder,
         };
-        let (_, model) = build(&cfg, 3, &dev)?;
+        let model = build(&cfg, 3, DType::F32, &dev)?.compute()?;
         let data = Dataset {
             src: vec![vec![4, 5, 6], vec![7, 8], vec![9, 10, 11, 4]],
             tgt: vec![vec![4], vec![5], vec![6]],
