@@ -15,19 +15,29 @@ pub fn register_font() {
     });
 }
 
+/// The colour of a curve: the paper's variants keep theirs; any other name (a precision spec, a
+/// custom variant) takes the `i`-th of matplotlib's ten `tab10` colours, so up to ten curves of
+/// one plot are told apart.
 pub fn color_for(name: &str, i: usize) -> RGBColor {
+    const TAB10: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
     match name {
-        "adam" => RGBColor(214, 39, 40),
-        "adam-warmup" => RGBColor(31, 119, 180),
-        "radam" => RGBColor(44, 160, 44),
-        "adam-eps" => RGBColor(255, 127, 14),
-        "adam-2k" => RGBColor(148, 103, 189),
-        _ => [
-            RGBColor(140, 86, 75),
-            RGBColor(227, 119, 194),
-            RGBColor(127, 127, 127),
-            RGBColor(23, 190, 207),
-        ][i % 4],
+        "adam" => TAB10[3],
+        "adam-warmup" => TAB10[0],
+        "radam" => TAB10[2],
+        "adam-eps" => TAB10[1],
+        "adam-2k" => TAB10[4],
+        _ => TAB10[i % TAB10.len()],
     }
 }
 
