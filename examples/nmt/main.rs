@@ -316,7 +316,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     merge: Option<Vec<PathBuf>>,
 
-    /// Output directory: curves.csv, curves.png, summary.json, hyp.<variant>.txt and, for raw
+    /// Output directory: curves.csv, curves.png, summary.json, hyp.<variant>.txt (a `:` in the
+    /// variant written `-`) and, for raw
     /// text, tokenizer.json (reused by later runs on the same data).
     #[arg(long, default_value = "out/nmt")]
     out: PathBuf,
