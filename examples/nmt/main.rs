@@ -177,7 +177,10 @@ struct Args {
 
     /// Precision comparison: train one optimizer variant (radam, or the one --optimizer or
     /// --compare names) once per spec, from the same initialization and data order. A spec is
-    /// DTYPE[:MODE][+STATE]: f32, bf16, f16, bf16:nearest, f16:nearest.
+    /// DTYPE[:MODE][+STATE]. DTYPE: f32, bf16, f16. MODE, how a bf16 / f16 parameter takes the
+    /// update: nearest (the default), remainder (bf16 only: exact f32 master), kahan,
+    /// stochastic[:SEED]. +8bit: 8-bit block-wise optimizer state (m and v). Examples: f32,
+    /// bf16, bf16:remainder, f16:kahan, bf16:stochastic:3, f32+8bit, bf16:remainder+8bit.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     precisions: Option<Vec<String>>,
 
@@ -313,7 +316,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     merge: Option<Vec<PathBuf>>,
 
-    /// Output directory: curves.csv, curves.png, summary.json, hyp.<variant>.txt and, for raw
+    /// Output directory: curves.csv, curves.png, summary.json, hyp.<variant>.txt (a `:` in the
+    /// variant written `-`) and, for raw
     /// text, tokenizer.json (reused by later runs on the same data).
     #[arg(long, default_value = "out/nmt")]
     out: PathBuf,
@@ -412,6 +416,7 @@ fn make_variant(name: &str, args: &Args, pv: &PresetValues, steps: u64) -> Resul
     schedule.build()?; // refuse bad schedule settings before any training
     Ok(Variant {
         name: name.to_string(),
+        optimizer: name.to_string(),
         params,
         schedule,
         precision: PrecisionSpec::plain(args.dtype),
@@ -497,20 +502,34 @@ fn write_outputs(
     Ok(())
 }
 
-/// The results as a Markdown table on stdout.
+/// The results as a Markdown table on stdout: the optimizer variant, the precision (parameter
+/// dtype, update mode, state format) and the optimizer's state in bytes per parameter (`?` for a
+/// run written before it was recorded), then the scores.
 fn print_table(results: &[VariantResult], eval_name: &str) {
-    println!(
-        "| variant | params | final train loss | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenize=none | chrF | ms/step | tokens/s | skipped steps |",
+    println!("{}", table(results, eval_name));
+}
+
+/// The table of [`print_table`].
+fn table(results: &[VariantResult], eval_name: &str) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| optimizer | precision | opt. state B/param | final train loss | final valid ppl | best valid ppl | {e} BLEU | {e} BLEU lowercased | {e} BLEU tokenize=none | chrF | ms/step | tokens/s | skipped steps |",
         e = eval_name
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let sc = r.scores.unwrap_or_default();
         let train_loss = r.curve.last().map_or(f64::NAN, |p| p.train_loss);
-        println!(
-            "| {} | {} | {:.4} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} |",
-            r.variant,
+        let optimizer = if r.optimizer.is_empty() { &r.variant } else { &r.optimizer };
+        let state = r.state_bytes_per_param.map_or("?".to_string(), |b| format!("{b:.2}"));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.4} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} |",
+            optimizer,
             r.precision,
+            state,
             train_loss,
             r.final_valid_ppl,
             r.best_valid_ppl,
@@ -523,6 +542,8 @@ fn print_table(results: &[VariantResult], eval_name: &str) {
             r.skipped_steps
         );
     }
+    t.pop(); // the last newline: println! adds one
+    t
 }
 
 /// The settings that affect a run's results (all but paths, progress and threads), resolved
@@ -803,7 +824,7 @@ fn run(args: Args) -> Result<Vec<VariantResult>> {
         if !r.diverged {
             let hyps: Vec<String> =
                 r.hyps.iter().map(|h| loaded.detok.text(h)).collect::<Result<_>>()?;
-            let hyp_path = args.out.join(format!("hyp.{}.txt", r.variant));
+            let hyp_path = args.out.join(outdir::hyp_file(&r.variant));
             std::fs::write(&hyp_path, hyps.iter().map(|h| format!("{h}\n")).collect::<String>())
                 .with_context(|| format!("cannot write {}", hyp_path.display()))?;
             r.scores = Some(sacrebleu::score_all(&hyps, &loaded.eval_refs[..hyps.len()]));
@@ -1077,8 +1098,11 @@ mod tests {
             let first = r.curve.first().unwrap().train_loss;
             let last = r.curve.last().unwrap().train_loss;
             assert!(last < first - 0.5, "{}: loss {first} -> {last}", r.variant);
-            assert!(out.join(format!("hyp.{}.txt", r.variant)).exists());
+            assert!(out.join(outdir::hyp_file(&r.variant)).exists());
+            assert_eq!(r.optimizer, "radam");
         }
+        // The portable file names: `:` written `-`.
+        assert!(out.join("hyp.bf16-nearest.txt").exists());
         // The same start (f32 values rounded to nearest): the first losses agree to within the
         // rounding; the trajectories differ.
         let first: Vec<f64> = res.iter().map(|r| r.curve[0].train_loss).collect();
@@ -1097,7 +1121,16 @@ mod tests {
         assert_eq!(summary["settings"]["precisions_of"], "radam");
         assert_eq!(summary["settings"]["dtype"], serde_json::Value::Null);
         assert_eq!(summary["variants"][1]["precision"], "bf16:nearest");
-        // The f32 run of a comparison is the plain run.
+        assert_eq!(summary["variants"][1]["optimizer"], "radam");
+        // f32 moments: 8 bytes per parameter; bf16 / f16 with round to nearest keep no buffer.
+        for v in summary["variants"].as_array().unwrap() {
+            assert_eq!(v["state_bytes_per_param"], 8.0, "{v}");
+        }
+        // The table: the optimizer in one column, the precision in the other, the state bytes.
+        let t = table(&res, "valid");
+        assert!(t.lines().nth(4).unwrap().starts_with("| radam | f16:nearest | 8.00 | "), "{t}");
+        let columns = |l: &str| l.matches('|').count();
+        assert!(t.lines().all(|l| columns(l) == 14), "{t}"); // The f32 run of a comparison is the plain run.
         let plain = run(args(&["--compare", "radam"]))?;
         assert_eq!((plain[0].variant.as_str(), plain[0].precision.as_str()), ("radam", "f32"));
         assert_eq!(plain[0].curve, res[0].curve);
@@ -1251,7 +1284,7 @@ mod tests {
             let first = r.curve.first().unwrap().train_loss;
             let last = r.curve.last().unwrap().train_loss;
             assert!(last < first - 0.5, "{}: loss {first} -> {last}", r.variant);
-            let hyp = std::fs::read_to_string(out.join(format!("hyp.{}.txt", r.variant)))?;
+            let hyp = std::fs::read_to_string(out.join(outdir::hyp_file(&r.variant)))?;
             assert_eq!(hyp.lines().count(), 25, "{}", r.variant);
             let sc = r.scores.unwrap();
             assert!((0.0..=100.0).contains(&sc.bleu) && sc.chrf > 0.0, "{sc:?}");
@@ -1289,8 +1322,7 @@ mod tests {
             assert!(close(a.final_valid_ppl, b.final_valid_ppl), "{}", a.variant);
             assert!(close(sa.bleu, sb.bleu) && close(sa.chrf, sb.chrf), "{sa:?} {sb:?}");
             assert_eq!(a.curve.len(), b.curve.len(), "{}", a.variant);
-            let hyp =
-                |d: &PathBuf| std::fs::read_to_string(d.join(format!("hyp.{}.txt", a.variant)));
+            let hyp = |d: &PathBuf| std::fs::read_to_string(d.join(outdir::hyp_file(&a.variant)));
             assert_eq!(hyp(&out)?, hyp(&merged)?);
         }
         assert!(merged.join("curves.png").exists() && merged.join("tokenizer.json").exists());
@@ -1504,14 +1536,42 @@ mod tests {
             a.extend_from_slice(extra);
             run(args(&a))
         };
-        let both = go(&["--precisions", "f32,bf16"], &o("both"))?;
+        let half = "bf16:stochastic:3+8bit";
+        let both = go(&["--precisions", &format!("f32,{half}")], &o("both"))?;
         go(&["--precisions", "f32"], &o("f32"))?;
-        go(&["--precisions", "bf16"], &o("bf16"))?;
+        go(&["--precisions", half], &o("bf16"))?;
         let m = run(args(&["--merge", &format!("{},{}", o("f32"), o("bf16")), "--out", &o("m")]))?;
         assert_eq!(m.len(), 2);
         for (a, b) in both.iter().zip(&m) {
             assert_eq!((&a.variant, &a.precision), (&b.variant, &b.precision));
+            assert_eq!(
+                (b.optimizer.as_str(), b.state_bytes_per_param),
+                ("radam", a.state_bytes_per_param)
+            );
         }
+        // 8-bit moments (the embeddings; tensors below 4096 elements keep f32 moments).
+        let (full, q) = (m[0].state_bytes_per_param.unwrap(), m[1].state_bytes_per_param.unwrap());
+        assert!(full == 8.0 && q < 6.0, "{full} {q}");
+        assert!(dir.path().join("m/hyp.bf16-stochastic-3+8bit.txt").exists());
+        // A summary written before `optimizer` and `state_bytes_per_param` existed, with its
+        // translations under the old name: it still merges, the file under its portable name.
+        let old = dir.path().join("bf16");
+        let mut s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(old.join("summary.json"))?)?;
+        for v in s["variants"].as_array_mut().unwrap() {
+            let v = v.as_object_mut().unwrap();
+            v.remove("optimizer");
+            v.remove("state_bytes_per_param");
+        }
+        std::fs::write(old.join("summary.json"), s.to_string())?;
+        let portable = old.join("hyp.bf16-stochastic-3+8bit.txt");
+        std::fs::rename(&portable, old.join(format!("hyp.{half}.txt")))?;
+        let m2 =
+            run(args(&["--merge", &format!("{},{}", o("f32"), o("bf16")), "--out", &o("m2")]))?;
+        assert_eq!((m2[1].optimizer.as_str(), m2[1].state_bytes_per_param), ("radam", None));
+        assert!(table(&m2, "valid").contains("| radam | bf16:stochastic:3+8bit | ? | "));
+        assert!(dir.path().join("m2/hyp.bf16-stochastic-3+8bit.txt").exists());
+        assert!(!dir.path().join(format!("m2/hyp.{half}.txt")).exists());
         let csv = |d: &str| std::fs::read_to_string(dir.path().join(d).join("curves.csv"));
         assert_eq!(csv("both")?, csv("m")?);
         for (extra, setting) in [
@@ -1608,6 +1668,24 @@ mod tests {
         assert!(e.contains("another tokenizer"), "{e}");
         assert_eq!(std::fs::read(out.join("tokenizer.json"))?, before);
         Ok(())
+    }
+
+    /// `--help` lists every update mode and the state suffix of a `--precisions` spec, with
+    /// examples that parse.
+    #[test]
+    fn precisions_help_lists_modes_and_state() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        let at = help.find("--precisions").unwrap();
+        let text = &help[at..help[at..].find("--lr").map_or(help.len(), |e| at + e)];
+        for says in ["nearest", "remainder (bf16 only", "kahan", "stochastic[:SEED]", "+8bit"] {
+            assert!(text.contains(says), "{says}: {text}");
+        }
+        let examples = text.split("Examples: ").nth(1).unwrap();
+        for spec in examples.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            PrecisionSpec::parse(spec).unwrap();
+        }
+        assert!(examples.contains("bf16:stochastic:3") && examples.contains("+8bit"));
     }
 
     #[test]

@@ -4,12 +4,17 @@
 //! is trained alone or in a comparison, so the merged outputs are those the comparison would have
 //! written (timings aside).
 //!
-//! Reads `summary.json`, `curves.csv` and `hyp.<variant>.txt` of each directory; writes the
-//! combined `curves.csv`, `curves.png`, `summary.json` (with `merged_from`) and copies the
-//! hypotheses and `tokenizer.json` to `--out` (removing `hyp.<variant>.txt` of other variants
-//! left there).
+//! Reads `summary.json`, `curves.csv` and `hyp.<variant>.txt` of each directory (the portable
+//! name of [`hyp_file`], `:` written `-`, or the name with `:` that runs before it wrote);
+//! writes the combined `curves.csv`, `curves.png`, `summary.json` (with `merged_from`) and copies
+//! the hypotheses, under their portable names, and `tokenizer.json` to `--out` (removing
+//! `hyp.<variant>.txt` of other variants left there).
+//!
+//! Summaries written before a field existed still merge: `precision` is then f32,
+//! `optimizer` the variant (or, in a precision comparison, its `settings.precisions_of`) and
+//! `state_bytes_per_param` unknown.
 
-use crate::outdir::same_path;
+use crate::outdir::{hyp_file, same_path};
 use crate::train::{CurvePoint, VariantResult};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -124,9 +129,14 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
                 bail!("variant {} occurs twice", v.variant);
             }
             v.curve = read_curve(&dir.join("curves.csv"), &v.variant)?;
-            let h = dir.join(format!("hyp.{}.txt", v.variant));
-            if h.exists() {
-                hyps.push(h);
+            if v.optimizer.is_empty() {
+                // Written before the optimizer variant was recorded.
+                v.optimizer = s["settings"]["precisions_of"].as_str().unwrap_or(&v.variant).into();
+            }
+            let portable = dir.join(hyp_file(&v.variant));
+            let old = dir.join(format!("hyp.{}.txt", v.variant));
+            if let Some(h) = [portable, old].into_iter().find(|h| h.exists()) {
+                hyps.push((h, hyp_file(&v.variant)));
             }
             results.push(v);
         }
@@ -134,8 +144,8 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<VariantResult>> {
     }
     let Some(mut summary) = first else { bail!("--merge: no directory given") };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    for h in &hyps {
-        let to = out.join(h.file_name().unwrap());
+    for (h, name) in &hyps {
+        let to = out.join(name);
         // Copying a file onto itself (`--out` is one of the inputs) would empty it.
         if !same_path(h, &to) {
             std::fs::copy(h, &to).with_context(|| format!("cannot copy {}", h.display()))?;

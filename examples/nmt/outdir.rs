@@ -45,17 +45,30 @@ pub fn check_writable(dir: &Path, flag: &str) -> Result<()> {
     result
 }
 
-/// `hyp.<variant>.txt` files in `out` of variants not in `keep`: left by an earlier run into
-/// the same directory. Removed, so that the directory describes one run; returns their names.
+/// The file name of `variant`'s translations: `hyp.<variant>.txt`, with every `:` of the name
+/// written `-` (`hyp.bf16-stochastic-3.txt` for `bf16:stochastic:3`), since `:` is not allowed
+/// in Windows file names. Only the file name changes: the variant keeps its name everywhere
+/// else (summary.json, curves.csv, the table). No two variants share a file: the optimizer
+/// variants' names have no `:` and start with no dtype, and in a canonical precision spec every
+/// `-` of the file name stands for a `:`.
+pub fn hyp_file(variant: &str) -> String {
+    format!("hyp.{}.txt", variant.replace(':', "-"))
+}
+
+/// `hyp.*.txt` files in `out` other than the [`hyp_file`]s of the variants in `keep`: left by
+/// an earlier run into the same directory (including those named with a `:` before
+/// [`hyp_file`] replaced it). Removed, so that the directory describes one run; returns their
+/// names.
 pub fn remove_stale_hyps(out: &Path, keep: &[&str]) -> Result<Vec<String>> {
+    let keep: Vec<String> = keep.iter().map(|v| hyp_file(v)).collect();
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(out) else { return Ok(removed) };
     for e in entries {
         let name = e?.file_name().to_string_lossy().into_owned();
-        let Some(variant) = name.strip_prefix("hyp.").and_then(|n| n.strip_suffix(".txt")) else {
+        if !(name.starts_with("hyp.") && name.ends_with(".txt")) {
             continue;
-        };
-        if !keep.contains(&variant) {
+        }
+        if !keep.contains(&name) {
             let p = out.join(&name);
             std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
             removed.push(name);
@@ -112,5 +125,27 @@ mod tests {
         assert_eq!(removed, ["hyp.adam-2k.txt", "hyp.adam.txt"]);
         assert!(tmp.path().join("hyp.radam.txt").exists());
         assert!(tmp.path().join("ref.txt").exists());
+    }
+
+    #[test]
+    fn hyp_file_names_are_portable() {
+        assert_eq!(hyp_file("radam"), "hyp.radam.txt");
+        assert_eq!(hyp_file("adam-warmup"), "hyp.adam-warmup.txt");
+        assert_eq!(hyp_file("bf16:stochastic:3"), "hyp.bf16-stochastic-3.txt");
+        assert_eq!(hyp_file("bf16:remainder+8bit"), "hyp.bf16-remainder+8bit.txt");
+        assert_eq!(hyp_file("f32"), "hyp.f32.txt");
+        // Characters Windows refuses in a file name: none left.
+        for v in ["bf16:nearest", "f16:kahan+8bit", "f16:stochastic:7"] {
+            assert!(!hyp_file(v).contains(['<', '>', ':', '"', '/', '\\', '|', '?', '*']), "{v}");
+        }
+        // Stale-file cleanup keeps the portable names and removes the old `:` ones.
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["hyp.bf16-kahan.txt", "hyp.bf16:kahan.txt", "hyp.f32.txt", "hyp.f16-nearest.txt"]
+        {
+            std::fs::write(tmp.path().join(f), "x").unwrap();
+        }
+        let removed = remove_stale_hyps(tmp.path(), &["bf16:kahan", "f32"]).unwrap();
+        assert_eq!(removed, ["hyp.bf16:kahan.txt", "hyp.f16-nearest.txt"]);
+        assert!(tmp.path().join("hyp.bf16-kahan.txt").exists());
     }
 }

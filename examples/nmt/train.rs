@@ -20,6 +20,9 @@ pub struct Variant {
     /// The run's label in outputs: the optimizer variant's name, or in a precision comparison
     /// the spec's canonical name (`main::precision_runs`).
     pub name: String,
+    /// The optimizer variant (adam, adam-warmup, adam-eps, adam-2k, radam): `name`, except in a
+    /// precision comparison.
+    pub optimizer: String,
     pub params: ParamsRAdam,
     pub schedule: Schedule,
     pub precision: PrecisionSpec,
@@ -67,7 +70,13 @@ fn null_as_inf<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantResult {
+    /// The run's label ([`Variant::name`]): unique in a run, the key of its curve and
+    /// translations.
     pub variant: String,
+    /// The optimizer variant ([`Variant::optimizer`]); empty in runs written before it was
+    /// recorded (`--merge` fills it in).
+    #[serde(default)]
+    pub optimizer: String,
     /// The parameter precision (canonical spec, see `precision.rs`); f32 in runs written before
     /// it was recorded.
     #[serde(default = "f32_name")]
@@ -76,6 +85,11 @@ pub struct VariantResult {
     /// Steps the optimizer skipped (non-finite gradients under f16 loss scaling).
     #[serde(default)]
     pub skipped_steps: u64,
+    /// Bytes of optimizer state per parameter at the end of training
+    /// (`RAdam::state_bytes_per_param`: moments, 8-bit codes and block scales, rounding
+    /// buffers); `None` in runs written before it was recorded.
+    #[serde(default)]
+    pub state_bytes_per_param: Option<f64>,
     #[serde(deserialize_with = "null_as_inf")]
     pub final_valid_loss: f64,
     #[serde(deserialize_with = "null_as_inf")]
@@ -519,9 +533,11 @@ pub fn train_variant(
     }
     Ok(VariantResult {
         variant: variant.name.clone(),
+        optimizer: variant.optimizer.clone(),
         precision: variant.precision.to_string(),
         steps: start + steps_done,
         skipped_steps: opt.skipped_steps(),
+        state_bytes_per_param: Some(opt.state_bytes_per_param()),
         final_valid_loss: last_valid.0,
         final_valid_ppl: last_valid.1,
         best_valid_ppl: best_ppl,
