@@ -732,6 +732,26 @@ mod tests {
         assert_eq!(mix64(0x9e37_79b9_7f4a_7c15), 0xe220_a839_7b1d_cdaf);
     }
 
+    /// The hash pinned to constants computed independently (scripts/hash_constants.py, plain
+    /// Python integers), for indices below and above 2^32 (a `segment_word` that ignored
+    /// `i >> 32` would give the segment-0 word for all of them). kernels/emu/radam_emu.cpp pins
+    /// the kernel's functions to the same constants.
+    #[test]
+    fn hash_constants_for_a_large_index() {
+        let s = stream(3, 0x1234_5678_9abc_def0, 17);
+        assert_eq!(s, 0x398c_59b3_9bee_2329);
+        let cases: [(u64, u64, u32); 4] = [
+            (0, 0x380f_6071_06be_9261, 0x78e3_bd82),
+            (5, 0x380f_6071_06be_9261, 0x34d0_3b8d),
+            ((1 << 32) + 5, 0x6755_8e0f_0890_6138, 0x67fe_c56b),
+            ((3 << 32) + 0xffff_fff0, 0xf4d5_26f9_d750_b1e5, 0x6ef2_5772),
+        ];
+        for (i, w, r) in cases {
+            assert_eq!(segment_word(s, i), w, "segment_word {i:#x}");
+            assert_eq!(element_bits(w, i), r, "element_bits {i:#x}");
+        }
+    }
+
     /// The vectorizable block functions give the element-wise definition's bits, on edge values
     /// (zeros, subnormals, the largest finite, beyond it, inf, NaN, exact halves) and random ones.
     #[test]
