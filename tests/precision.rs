@@ -580,6 +580,50 @@ fn buffers_start_at_zero_when_the_file_has_none_and_are_reported() {
     assert_eq!(file["radam.prec.w"].to_vec1::<i64>().unwrap()[0], 1);
 }
 
+/// The stochastic-rounding seed is saved (the third word of `radam.prec.NAME`); loaded into an
+/// optimizer with another seed, the report says so and the run continues with the optimizer's
+/// seed; the same seed loads clean, and a two-word record (a file from before the seed was
+/// saved) still loads, clean.
+#[test]
+fn the_stochastic_seed_is_saved_and_a_different_one_reported() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let init = hash_tensor(513, 3, 0, DType::BF16, 1.0, 0.0, &dev).unwrap();
+    let (v, mut o) = one(&init, params(Rounding::Stochastic { seed: 3 })).unwrap();
+    hashed_steps(&mut o, &v, 1, 8);
+    o.save_state(&path).unwrap();
+    let w = v.as_tensor().copy().unwrap();
+    let file = candle_core::safetensors::load(&path, &dev).unwrap();
+    assert_eq!(file["radam.prec.w"].to_vec1::<i64>().unwrap()[2], 3);
+    // Same seed: clean, and the stream continues as the uninterrupted run's.
+    let (v2, mut o2) = one(&w, params(Rounding::Stochastic { seed: 3 })).unwrap();
+    let report = o2.load_state(&path).unwrap();
+    assert!(report.is_clean(), "{report}");
+    hashed_steps(&mut o, &v, 9, 12);
+    hashed_steps(&mut o2, &v2, 9, 12);
+    assert_eq!(bits(v.as_tensor()), bits(v2.as_tensor()));
+    // Another seed: reported; the run goes on with seed 0.
+    let (v3, mut o3) = one(&w, params(Rounding::Stochastic { seed: 0 })).unwrap();
+    let report = o3.load_state(&path).unwrap();
+    assert_eq!(
+        report.rounding_changes,
+        ["1 variable(s): stochastic rounding saved with seed 3, continues with this \
+             optimizer's seed 0 (another random stream)"]
+    );
+    assert!(!report.is_clean());
+    hashed_steps(&mut o3, &v3, 9, 12);
+    assert_ne!(bits(v3.as_tensor()), bits(v.as_tensor()), "the optimizer's seed is used");
+    // A record without the seed (older file) loads, clean.
+    let mut file = candle_core::safetensors::load(&path, &dev).unwrap();
+    let rec = file["radam.prec.w"].to_vec1::<i64>().unwrap();
+    file.insert("radam.prec.w".into(), Tensor::new(&rec[..2], &dev).unwrap());
+    candle_core::safetensors::save(&file, &path).unwrap();
+    let (_, mut o5) = one(&w, params(Rounding::Stochastic { seed: 0 })).unwrap();
+    let report = o5.load_state(&path).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
 #[test]
 fn modes_are_checked_against_dtypes_and_parse() {
     let dev = Device::Cpu;
