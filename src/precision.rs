@@ -138,11 +138,18 @@ impl Rounding {
     /// [`Rounding::Remainder`] needs bf16. Other modes accept every float dtype (f32 / f64
     /// ignore the mode).
     pub fn check(&self, dtype: DType, name: &str) -> Result<()> {
+        self.check_from(dtype, name, "")
+    }
+
+    /// [`Rounding::check`], the error saying where the mode comes from (`source`, e.g. "set by
+    /// group 'halfs'"; empty: nothing said).
+    pub(crate) fn check_from(&self, dtype: DType, name: &str, source: &str) -> Result<()> {
         if *self == Self::Remainder && dtype == DType::F16 {
+            let source = if source.is_empty() { String::new() } else { format!(" ({source})") };
             bail!(
-                "RAdam: variable '{name}' is f16, but Rounding::Remainder needs bf16 parameters \
-                 (bf16 is the upper half of an f32, f16 is not): use Rounding::Kahan or \
-                 Rounding::Stochastic for f16, or train in bf16"
+                "RAdam: variable '{name}' is f16, but Rounding::Remainder{source} needs bf16 \
+                 parameters (bf16 is the upper half of an f32, f16 is not): use Rounding::Kahan \
+                 or Rounding::Stochastic for f16, or train in bf16"
             );
         }
         Ok(())

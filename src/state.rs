@@ -39,7 +39,10 @@
 //! file holds one saved under the same mode; otherwise (file without it, saved under another
 //! mode, or from before rounding modes) its buffer **starts at zero** (the remainder or
 //! compensation of the parameter's value as it is), and [`LoadReport::rounding_changes`] says
-//! so. A saved buffer the current mode does not use is dropped (also reported). The stream key
+//! so. A saved buffer the current mode does not use is dropped (also reported). (A mode change
+//! on a running optimizer, [`RAdam::set_params`] / [`RAdam::set_groups`], converts instead:
+//! there the master value is known; a load does not rebuild it from another mode's buffer.)
+//! The stream key
 //! comes from the file when it has one (so a resumed stochastic run continues its stream, even
 //! for a positional optimizer whose variables came back in another order), else it stays the
 //! one derived from the variable's name. The seed is not restored: a variable saved under

@@ -624,6 +624,108 @@ fn the_stochastic_seed_is_saved_and_a_different_one_reported() {
     assert!(report.is_clean(), "{report}");
 }
 
+/// A Rounding::Remainder refused for an f16 variable names where the mode comes from: the
+/// group that sets it, or the optimizer's default (and the group that inherits it).
+#[test]
+fn rounding_errors_name_the_group_or_the_default() {
+    let dev = Device::Cpu;
+    let h = Var::from_tensor(&Tensor::ones(3, DType::F16, &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::ones(3, DType::BF16, &dev).unwrap()).unwrap();
+    let vars = vec![("h16".to_string(), h), ("b16".to_string(), b)];
+    let o = RAdam::new_named(vars.clone(), params(Rounding::Nearest)).unwrap();
+    let e = o
+        .with_groups(vec![ParamGroup::names("halfs", &["h16"]).rounding(Rounding::Remainder)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'h16' is f16") && e.contains("set by group 'halfs'"), "{e}");
+    // The default group's variable, through set_params.
+    let mut o = RAdam::new_named(vars.clone(), params(Rounding::Nearest)).unwrap();
+    let e = o.set_params(params(Rounding::Remainder)).unwrap_err().to_string();
+    assert!(e.contains("'h16' is f16") && e.contains("default group 'default'"), "{e}");
+    assert!(e.contains("ParamsRAdam::rounding"), "{e}");
+    // A group without its own mode inherits the optimizer's.
+    let mut o = RAdam::new_named(vars, params(Rounding::Nearest))
+        .unwrap()
+        .with_groups(vec![ParamGroup::names("halfs", &["h16"])])
+        .unwrap();
+    let e = o.set_params(params(Rounding::Remainder)).unwrap_err().to_string();
+    assert!(e.contains("inherited by group 'halfs'"), "{e}");
+}
+
+/// Changing a variable's mode on a running optimizer (set_params, set_groups) carries its value
+/// over: from remainder / Kahan the f32 master is stored under the new mode; from nearest /
+/// stochastic a new buffer starts at zero.
+#[test]
+fn mode_changes_convert_the_master() {
+    let dev = Device::Cpu;
+    let p = |r| ParamsRAdam { lr: 1e-3, rounding: r, ..Default::default() };
+    // 100 steps of gradient 1 on a bf16 1.0 under `r`: the master and the optimizer.
+    let run = |dtype: DType, r: Rounding| {
+        let (v, mut o) = one(&Tensor::ones(4, dtype, &dev).unwrap(), p(r)).unwrap();
+        let g = Tensor::ones(4, dtype, &dev).unwrap();
+        for _ in 0..100 {
+            o.step(&grads_of(&v, &g)).unwrap();
+        }
+        (v, o)
+    };
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()[0];
+    let bf = |x: f32| half::bf16::from_f32(x).to_f32();
+    let hf = |x: f32| half::f16::from_f32(x).to_f32();
+
+    // Remainder -> nearest / stochastic: the master rounded to nearest (not the truncated param).
+    for to in [Rounding::Nearest, Rounding::Stochastic { seed: 1 }] {
+        let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+        let m = f32s(&o.master_weights("w").unwrap());
+        assert_eq!(m, 0.981_268_7);
+        assert_eq!(f32s(v.as_tensor()), 0.980_468_75);
+        o.set_params(p(to)).unwrap();
+        assert_eq!(f32s(v.as_tensor()), bf(m), "{to}");
+        // A master above the midpoint: nearest rounds up where the param was truncated.
+        let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+        o.set_master_weights("w", &Tensor::full(0.983f32, 4, &dev).unwrap()).unwrap();
+        assert_eq!(f32s(v.as_tensor()), 0.980_468_75);
+        o.set_params(p(to)).unwrap();
+        assert_eq!(f32s(v.as_tensor()), 0.984_375, "{to}");
+        assert_eq!(f32s(&o.master_weights("w").unwrap()), 0.984_375, "{to}");
+    }
+    // Remainder -> Kahan: p = nearest(master), c = the rest rounded to bf16 (not zero).
+    let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+    let m = f32s(&o.master_weights("w").unwrap());
+    o.set_params(p(Rounding::Kahan)).unwrap();
+    assert_eq!(f32s(v.as_tensor()), bf(m));
+    assert_eq!(f32s(&o.master_weights("w").unwrap()), bf(m) + bf(m - bf(m)));
+    assert_ne!(f32s(&o.master_weights("w").unwrap()), bf(m), "the compensation is kept");
+    // Kahan -> remainder: master = p + c, split exactly (param = its upper half).
+    let (v, mut o) = run(DType::BF16, Rounding::Kahan);
+    let m = f32s(&o.master_weights("w").unwrap());
+    assert_ne!(m, f32s(v.as_tensor()), "the compensation is in use");
+    o.set_params(p(Rounding::Remainder)).unwrap();
+    assert_eq!(f32s(&o.master_weights("w").unwrap()), m);
+    assert_eq!(f32s(v.as_tensor()).to_bits(), m.to_bits() & 0xffff_0000);
+    // f16 Kahan -> nearest: p = nearest(p + c).
+    let (v, mut o) = run(DType::F16, Rounding::Kahan);
+    let m = f32s(&o.master_weights("w").unwrap());
+    o.set_params(p(Rounding::Nearest)).unwrap();
+    assert_eq!(f32s(v.as_tensor()), hf(m));
+    // Nearest / stochastic -> remainder / Kahan: the param is the master, the buffer zero.
+    for (from, to) in [
+        (Rounding::Nearest, Rounding::Remainder),
+        (Rounding::Stochastic { seed: 2 }, Rounding::Kahan),
+    ] {
+        let (v, mut o) = run(DType::BF16, from);
+        let before = f32s(v.as_tensor());
+        o.set_params(p(to)).unwrap();
+        assert_eq!(f32s(v.as_tensor()), before);
+        assert_eq!(f32s(&o.master_weights("w").unwrap()), before, "{from} -> {to}");
+    }
+    // Through set_groups: a group switching the variable from remainder to Kahan.
+    let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+    let m = f32s(&o.master_weights("w").unwrap());
+    o.set_groups(vec![ParamGroup::names("k", &["w"]).rounding(Rounding::Kahan)]).unwrap();
+    assert_eq!(f32s(v.as_tensor()), bf(m));
+    assert_eq!(f32s(&o.master_weights("w").unwrap()), bf(m) + bf(m - bf(m)));
+}
+
 #[test]
 fn modes_are_checked_against_dtypes_and_parse() {
     let dev = Device::Cpu;
