@@ -539,12 +539,21 @@ impl RAdam {
         for (name, a) in &auxes {
             let n = saved_len(name).unwrap_or_default();
             match precs.get(name) {
-                Some((mode, ..)) if mode.has_aux() && a.len() == n => {}
-                _ => bail!(
-                    "RAdam state: '{AUX}{name}' ({} elements) does not fit its variable ({n} \
-                     elements) or its record '{PREC}{name}' (damaged file?)",
+                None => bail!(
+                    "RAdam state: {path:?} has the rounding buffer '{AUX}{name}' but no rounding \
+                     record '{PREC}{name}' (damaged file?)"
+                ),
+                Some((mode, ..)) if !mode.has_aux() => bail!(
+                    "RAdam state: '{PREC}{name}' says {}, a mode without a buffer, but the file \
+                     has the buffer '{AUX}{name}' (damaged file?)",
+                    mode.name()
+                ),
+                Some(_) if a.len() != n => bail!(
+                    "RAdam state: '{AUX}{name}' has {} elements, its variable {n} (damaged \
+                     file?)",
                     a.len()
                 ),
+                Some(_) => {}
             }
         }
 

@@ -726,6 +726,43 @@ fn mode_changes_convert_the_master() {
     assert_eq!(f32s(&o.master_weights("w").unwrap()), bf(m) + bf(m - bf(m)));
 }
 
+/// A damaged file's rounding buffer: the error says what is wrong (record missing, record
+/// saying a mode without a buffer, wrong length).
+#[test]
+fn damaged_rounding_records_are_named() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let init = hash_tensor(1000, 3, 0, DType::BF16, 1.0, 0.0, &dev).unwrap();
+    let (v, mut o) = one(&init, params(Rounding::Remainder)).unwrap();
+    hashed_steps(&mut o, &v, 1, 3);
+    o.save_state(&path).unwrap();
+    let good = candle_core::safetensors::load(&path, &dev).unwrap();
+    let load_with = |f: &dyn Fn(&mut std::collections::HashMap<String, Tensor>)| {
+        let mut file = good.clone();
+        f(&mut file);
+        let bad = dir.path().join("bad");
+        candle_core::safetensors::save(&file, &bad).unwrap();
+        let (_, mut o) = one(&init, params(Rounding::Remainder)).unwrap();
+        o.load_state(&bad).unwrap_err().to_string()
+    };
+    let e = load_with(&|f| {
+        f.remove("radam.prec.w");
+    });
+    assert!(e.contains("no rounding record 'radam.prec.w'"), "{e}");
+    let e = load_with(&|f| {
+        let mut r = f["radam.prec.w"].to_vec1::<i64>().unwrap();
+        r[0] = 0;
+        f.insert("radam.prec.w".into(), Tensor::new(r.as_slice(), &dev).unwrap());
+    });
+    assert!(e.contains("says nearest, a mode without a buffer"), "{e}");
+    let e = load_with(&|f| {
+        let a = f["radam.aux.w"].narrow(0, 0, 999).unwrap();
+        f.insert("radam.aux.w".into(), a);
+    });
+    assert!(e.contains("has 999 elements, its variable 1000"), "{e}");
+}
+
 #[test]
 fn modes_are_checked_against_dtypes_and_parse() {
     let dev = Device::Cpu;
