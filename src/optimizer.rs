@@ -746,7 +746,7 @@ impl candle_nn::Optimizer for RAdam {
         Ok(())
     }
 
-    /// `loss.backward()` then [`RAdam::step`], with the loss multiplied by the loss scale first
+    /// `loss.backward()` then [`RAdam::step`](candle_nn::Optimizer::step), with the loss multiplied by the loss scale first
     /// when a [`LossScaler`] is set ([`RAdam::scale_loss`]).
     fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         let grads = self.scale_loss(loss)?.backward()?;
