@@ -189,6 +189,9 @@ impl ParamGroup {
         self
     }
     /// Sets `rounding` (e.g. [`Rounding::Remainder`] for the bf16 embeddings only).
+    /// Changed by [`crate::RAdam::set_groups`], a variable's value is carried over (from
+    /// remainder / Kahan the f32 master is stored under the new mode; from nearest / stochastic
+    /// a new buffer starts at zero; rule in [`crate::RAdam::set_params`]).
     pub fn rounding(mut self, x: Rounding) -> Self {
         self.rounding = Some(x);
         self

@@ -124,7 +124,11 @@ impl RAdam {
             }
             let moments = Moments::zeros(var.as_tensor(), false)
                 .map_err(|e| e.context(format!("variable '{name}'")))?;
-            params.rounding.check(var.dtype(), &name)?;
+            params.rounding.check_from(
+                var.dtype(),
+                &name,
+                "the optimizer's ParamsRAdam::rounding",
+            )?;
             let mode = params.rounding.mode_for(var.dtype());
             let aux = Aux::zeros(var.as_tensor(), mode)?;
             let key = crate::precision::key_of(&name);
@@ -174,6 +178,8 @@ impl RAdam {
     /// hyper-parameters are invalid (the error names the group), if a name or glob pattern of a
     /// group matches no variable, if a group is left without variables (it selects none, or
     /// earlier groups took them all: the error names those), or if two groups share a name.
+    /// A variable whose [`crate::Rounding`] changes has its master value converted to the new
+    /// mode (the rule of [`RAdam::set_params`]).
     pub fn set_groups(&mut self, groups: Vec<ParamGroup>) -> Result<()> {
         for g in &groups {
             g.validate(&self.params)?;
@@ -182,7 +188,7 @@ impl RAdam {
             crate::groups::assign(&groups, self.slots.iter().map(|s| (s.name.as_str(), &s.var)))?;
         for (s, &g) in self.slots.iter().zip(&assigned) {
             let r = groups.get(g).and_then(|x| x.rounding).unwrap_or(self.params.rounding);
-            r.check(s.var.dtype(), &s.name)?;
+            r.check_from(s.var.dtype(), &s.name, &rounding_source(&groups, g))?;
         }
         let formats = |g: usize| groups.get(g).and_then(|x| x.state_format);
         let eight = self.plan_formats(&assigned, self.state_format, formats)?;
@@ -199,25 +205,49 @@ impl RAdam {
     fn check_rounding(&self, params: &ParamsRAdam) -> Result<()> {
         for s in &self.slots {
             let r = self.groups.get(s.group).and_then(|x| x.rounding).unwrap_or(params.rounding);
-            r.check(s.var.dtype(), &s.name)?;
+            r.check_from(s.var.dtype(), &s.name, &rounding_source(&self.groups, s.group))?;
         }
         Ok(())
     }
 
-    /// Gives every variable the buffer of its current mode: kept while the mode stays the same,
-    /// zeros when it changes to a mode with a buffer (the remainder / compensation starts at
-    /// zero, i.e. from the parameter's value), dropped for a mode without one.
+    /// Gives every variable the buffer of its current mode (the rule of [`RAdam::set_params`]):
+    /// kept while the mode stays the same; on a change from [`Mode::Remainder`] or
+    /// [`Mode::Kahan`] (the f32 master is known: `p + remainder`, `p + c`) the master is stored
+    /// under the new mode ([`crate::precision::split_values`]: nearest, or nearest and the
+    /// rounded rest, or upper and lower halves); on a change from a mode without a buffer the
+    /// new buffer is zero (the parameter is the master). All variables are converted first, then
+    /// set: an error changes nothing.
     fn sync_aux(&mut self) -> Result<()> {
         let modes: Vec<Mode> = self
             .slots
             .iter()
             .map(|s| self.group_params(s.group).rounding.mode_for(s.var.dtype()))
             .collect();
-        for (s, mode) in self.slots.iter_mut().zip(modes) {
-            if s.aux_mode != mode {
-                s.aux = Aux::zeros(s.var.as_tensor(), mode)?;
-                s.aux_mode = mode;
+        let mut new = Vec::new();
+        for (i, (s, &mode)) in self.slots.iter().zip(&modes).enumerate() {
+            if s.aux_mode == mode {
+                continue;
             }
+            let p = s.var.as_tensor();
+            if s.aux_mode.has_aux() {
+                let bits = half_bits(p)?;
+                let x =
+                    crate::precision::master_values(p.dtype(), &bits, &s.aux.to_vec()?, s.aux_mode);
+                let (pb, aux) = crate::precision::split_values(p.dtype(), &x, mode);
+                let pt = from_half_bits(p.dtype(), pb, p.shape())?.to_device(p.device())?;
+                let aux = if mode.has_aux() { Aux::from_vec(p, aux)? } else { Aux::None };
+                new.push((i, mode, Some(pt), aux));
+            } else {
+                new.push((i, mode, None, Aux::zeros(p, mode)?));
+            }
+        }
+        for (i, mode, p, aux) in new {
+            let s = &mut self.slots[i];
+            if let Some(p) = p {
+                s.var.set(&p)?;
+            }
+            s.aux = aux;
+            s.aux_mode = mode;
         }
         Ok(())
     }
@@ -315,6 +345,16 @@ impl RAdam {
     /// Replaces the hyper-parameters, validated, for the default group and as the base of every
     /// group (the error names the group whose effective values would be invalid; nothing changes
     /// then). Step counts and moments are kept.
+    ///
+    /// A variable whose [`crate::Rounding`] changes keeps its value as far as the new mode can
+    /// hold it: from [`crate::Rounding::Remainder`] or [`crate::Rounding::Kahan`] the f32 master
+    /// (`p + remainder`, `p + c`) is rebuilt and stored under the new mode (nearest and
+    /// stochastic: the master rounded to nearest into the parameter; Kahan: `p` = the master
+    /// rounded to nearest, `c` = the rest rounded; remainder: upper and lower halves, exact);
+    /// from nearest or stochastic to remainder or Kahan the buffer starts at zero (the parameter
+    /// is the master). [`RAdam::load_state`] has no master to convert: a buffer saved under
+    /// another mode is not used and the buffer starts at zero (reported). The same rule applies
+    /// in [`RAdam::set_groups`].
     pub fn set_params(&mut self, params: ParamsRAdam) -> Result<()> {
         params.validate()?;
         for g in &self.groups {
@@ -581,6 +621,19 @@ fn cuda_batches<'a>(
 }
 
 /// The bits of an f16 / bf16 tensor, row-major.
+/// Where the rounding of a variable in group `g` comes from, for errors: the group's own
+/// setting, or the optimizer's default (`ParamsRAdam::rounding`) that the group inherits or that
+/// the default group uses.
+fn rounding_source(groups: &[ParamGroup], g: usize) -> String {
+    match groups.get(g) {
+        Some(x) if x.rounding.is_some() => format!("set by group '{}'", x.name),
+        Some(x) => format!("the optimizer's default ParamsRAdam::rounding, inherited by group '{}'", x.name),
+        None => format!(
+            "the optimizer's default ParamsRAdam::rounding, used by the default group '{DEFAULT_GROUP}'"
+        ),
+    }
+}
+
 fn half_bits(t: &Tensor) -> Result<Vec<u16>> {
     let t = t.flatten_all()?;
     Ok(match t.dtype() {
@@ -693,7 +746,7 @@ impl candle_nn::Optimizer for RAdam {
         Ok(())
     }
 
-    /// `loss.backward()` then [`RAdam::step`], with the loss multiplied by the loss scale first
+    /// `loss.backward()` then [`RAdam::step`](candle_nn::Optimizer::step), with the loss multiplied by the loss scale first
     /// when a [`LossScaler`] is set ([`RAdam::scale_loss`]).
     fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         let grads = self.scale_loss(loss)?.backward()?;

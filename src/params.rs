@@ -62,6 +62,9 @@ pub struct ParamsRAdam {
     /// nearest by default; exact remainder, Kahan, stochastic). f32 / f64 parameters ignore it.
     /// Checked against each variable's dtype when the optimizer is built or the groups / params
     /// change ([`Rounding::Remainder`] needs bf16).
+    /// Changed on a running optimizer ([`crate::RAdam::set_params`]), a variable's value is
+    /// carried over: from remainder / Kahan the f32 master is stored under the new mode; from
+    /// nearest / stochastic a new buffer starts at zero.
     pub rounding: Rounding,
 }
 

@@ -138,11 +138,18 @@ impl Rounding {
     /// [`Rounding::Remainder`] needs bf16. Other modes accept every float dtype (f32 / f64
     /// ignore the mode).
     pub fn check(&self, dtype: DType, name: &str) -> Result<()> {
+        self.check_from(dtype, name, "")
+    }
+
+    /// [`Rounding::check`], the error saying where the mode comes from (`source`, e.g. "set by
+    /// group 'halfs'"; empty: nothing said).
+    pub(crate) fn check_from(&self, dtype: DType, name: &str, source: &str) -> Result<()> {
         if *self == Self::Remainder && dtype == DType::F16 {
+            let source = if source.is_empty() { String::new() } else { format!(" ({source})") };
             bail!(
-                "RAdam: variable '{name}' is f16, but Rounding::Remainder needs bf16 parameters \
-                 (bf16 is the upper half of an f32, f16 is not): use Rounding::Kahan or \
-                 Rounding::Stochastic for f16, or train in bf16"
+                "RAdam: variable '{name}' is f16, but Rounding::Remainder{source} needs bf16 \
+                 parameters (bf16 is the upper half of an f32, f16 is not): use Rounding::Kahan \
+                 or Rounding::Stochastic for f16, or train in bf16"
             );
         }
         Ok(())
@@ -730,6 +737,26 @@ mod tests {
     fn mix64_is_splitmix64() {
         // SplitMix64 seeded with 0: first output mix64(0x9e3779b97f4a7c15).
         assert_eq!(mix64(0x9e37_79b9_7f4a_7c15), 0xe220_a839_7b1d_cdaf);
+    }
+
+    /// The hash pinned to constants computed independently (scripts/hash_constants.py, plain
+    /// Python integers), for indices below and above 2^32 (a `segment_word` that ignored
+    /// `i >> 32` would give the segment-0 word for all of them). kernels/emu/radam_emu.cpp pins
+    /// the kernel's functions to the same constants.
+    #[test]
+    fn hash_constants_for_a_large_index() {
+        let s = stream(3, 0x1234_5678_9abc_def0, 17);
+        assert_eq!(s, 0x398c_59b3_9bee_2329);
+        let cases: [(u64, u64, u32); 4] = [
+            (0, 0x380f_6071_06be_9261, 0x78e3_bd82),
+            (5, 0x380f_6071_06be_9261, 0x34d0_3b8d),
+            ((1 << 32) + 5, 0x6755_8e0f_0890_6138, 0x67fe_c56b),
+            ((3 << 32) + 0xffff_fff0, 0xf4d5_26f9_d750_b1e5, 0x6ef2_5772),
+        ];
+        for (i, w, r) in cases {
+            assert_eq!(segment_word(s, i), w, "segment_word {i:#x}");
+            assert_eq!(element_bits(w, i), r, "element_bits {i:#x}");
+        }
     }
 
     /// The vectorizable block functions give the element-wise definition's bits, on edge values

@@ -13,9 +13,11 @@
 //! - `radam.group.I.GROUP`: f64 `[9]`, group `I` (named `GROUP`) as trained: `lr_scale`, `lr`,
 //!   `beta1`, `beta2`, `eps`, `weight_decay`, `decoupled_weight_decay`, `degenerate_to_sgd`,
 //!   `rectify` (booleans as 0 / 1);
-//! - `radam.prec.NAME`: i64 `[2]`, the variable's rounding record: the mode its buffer holds
-//!   data for (0 nearest, 1 remainder, 2 kahan, 3 stochastic; see [`crate::Rounding`]) and its
-//!   stochastic-rounding stream key (as i64 bits);
+//! - `radam.prec.NAME`: i64 `[3]`, the variable's rounding record: the mode its buffer holds
+//!   data for (0 nearest, 1 remainder, 2 kahan, 3 stochastic; see [`crate::Rounding`]), its
+//!   stochastic-rounding stream key and its stochastic-rounding seed (both as i64 bits; the seed
+//!   is 0 for the other modes). Files written before the seed was saved hold `[2]` (no seed) and
+//!   load as well;
 //! - `radam.aux.NAME` (only for a variable whose mode keeps a buffer: bf16 remainder, f16 / bf16
 //!   Kahan): i16 `[n]`, the u16 buffer's bits (the remainder's low halves, or the Kahan
 //!   compensation as param-dtype bits);
@@ -37,10 +39,16 @@
 //! file holds one saved under the same mode; otherwise (file without it, saved under another
 //! mode, or from before rounding modes) its buffer **starts at zero** (the remainder or
 //! compensation of the parameter's value as it is), and [`LoadReport::rounding_changes`] says
-//! so. A saved buffer the current mode does not use is dropped (also reported). The stream key
+//! so. A saved buffer the current mode does not use is dropped (also reported). (A mode change
+//! on a running optimizer, [`RAdam::set_params`] / [`RAdam::set_groups`], converts instead:
+//! there the master value is known; a load does not rebuild it from another mode's buffer.)
+//! The stream key
 //! comes from the file when it has one (so a resumed stochastic run continues its stream, even
 //! for a positional optimizer whose variables came back in another order), else it stays the
-//! one derived from the variable's name.
+//! one derived from the variable's name. The seed is not restored: a variable saved under
+//! stochastic rounding with another seed than the one its group has now continues with the
+//! optimizer's seed (another stream from there on), and [`LoadReport::rounding_changes`] says
+//! so (a file without saved seeds reports nothing).
 //!
 //! The hyper-parameters are restored from the training script, not from the file: the saved
 //! groups only serve to report a different grouping ([`LoadReport`]). Likewise the scaler's
@@ -212,8 +220,9 @@ pub struct LoadReport {
     /// or saved 8-bit and dequantized to f32, with their number.
     pub converted: Vec<String>,
     /// One line per kind of rounding-buffer change ([`crate::Rounding`]): buffers that start at
-    /// zero (none saved, or saved under another mode) or saved ones that are dropped, with the
-    /// number of variables.
+    /// zero (none saved, or saved under another mode) or saved ones that are dropped, and
+    /// stochastic rounding saved with another seed than this optimizer's (the run continues
+    /// with this optimizer's seed), with the number of variables.
     pub rounding_changes: Vec<String>,
 }
 
@@ -301,7 +310,11 @@ impl RAdam {
             }
             let rec = [s.step as i64, dtype_code(s.var.dtype()), h as i64, s.group as i64];
             tensors.insert(format!("{VAR}{}", s.name), Tensor::new(&rec, &Device::Cpu)?);
-            let prec = [s.aux_mode as i64, s.key as i64];
+            let seed = match self.group_params(s.group).rounding {
+                crate::Rounding::Stochastic { seed } if s.aux_mode == Mode::Stochastic => seed,
+                _ => 0,
+            };
+            let prec = [s.aux_mode as i64, s.key as i64, seed as i64];
             tensors.insert(format!("{PREC}{}", s.name), Tensor::new(&prec, &Device::Cpu)?);
             if s.aux_mode.has_aux() {
                 let bits: Vec<i16> = s.aux.to_vec()?.into_iter().map(|x| x as i16).collect();
@@ -393,15 +406,17 @@ impl RAdam {
         let mut records: HashMap<String, VarRecord> = HashMap::new();
         let mut groups: SavedGroups = BTreeMap::new();
         let keys: Vec<String> = file.keys().cloned().collect();
-        let mut precs: HashMap<String, (Mode, u64)> = HashMap::new();
+        // Mode, stream key and seed (None: a file from before the seed was saved).
+        let mut precs: HashMap<String, (Mode, u64, Option<u64>)> = HashMap::new();
         let mut auxes: HashMap<String, Vec<u16>> = HashMap::new();
         for key in keys {
             if let Some(name) = key.strip_prefix(PREC) {
-                let r = read_i64s(&file[&key], &key, 2)?;
+                let words = if file[&key].dims() == [2] { 2 } else { 3 };
+                let r = read_i64s(&file[&key], &key, words)?;
                 let Some(mode) = Mode::from_code(r[0]) else {
                     bail!("RAdam state: '{key}' holds an invalid rounding record {r:?}");
                 };
-                precs.insert(name.to_string(), (mode, r[1] as u64));
+                precs.insert(name.to_string(), (mode, r[1] as u64, r.get(2).map(|&x| x as u64)));
                 file.remove(&key);
             } else if let Some(name) = key.strip_prefix(AUX) {
                 let x = &file[&key];
@@ -524,12 +539,21 @@ impl RAdam {
         for (name, a) in &auxes {
             let n = saved_len(name).unwrap_or_default();
             match precs.get(name) {
-                Some((mode, _)) if mode.has_aux() && a.len() == n => {}
-                _ => bail!(
-                    "RAdam state: '{AUX}{name}' ({} elements) does not fit its variable ({n} \
-                     elements) or its record '{PREC}{name}' (damaged file?)",
+                None => bail!(
+                    "RAdam state: {path:?} has the rounding buffer '{AUX}{name}' but no rounding \
+                     record '{PREC}{name}' (damaged file?)"
+                ),
+                Some((mode, ..)) if !mode.has_aux() => bail!(
+                    "RAdam state: '{PREC}{name}' says {}, a mode without a buffer, but the file \
+                     has the buffer '{AUX}{name}' (damaged file?)",
+                    mode.name()
+                ),
+                Some(_) if a.len() != n => bail!(
+                    "RAdam state: '{AUX}{name}' has {} elements, its variable {n} (damaged \
+                     file?)",
                     a.len()
                 ),
+                Some(_) => {}
             }
         }
 
@@ -605,14 +629,25 @@ impl RAdam {
             steps.push(records.get(src).map_or(t, |r| r.step));
             // The rounding buffer and stream key (rule in the module docs).
             let saved = precs.get(src).copied();
+            if let (Some((Mode::Stochastic, _, Some(old))), crate::Rounding::Stochastic { seed }) =
+                (saved, self.group_params(s.group).rounding)
+            {
+                if s.aux_mode == Mode::Stochastic && old != seed {
+                    let line = format!(
+                        "stochastic rounding saved with seed {old}, continues with this \
+                         optimizer's seed {seed} (another random stream)"
+                    );
+                    *rounding.entry(line).or_default() += 1;
+                }
+            }
             let saved_aux = auxes.get(src).filter(|a| a.len() == s.var.elem_count());
             let aux = match (s.aux_mode.has_aux(), saved, saved_aux) {
-                (true, Some((mode, _)), Some(a)) if mode == s.aux_mode => {
+                (true, Some((mode, ..)), Some(a)) if mode == s.aux_mode => {
                     Aux::from_vec(s.var.as_tensor(), a.clone())?
                 }
                 (true, ..) => {
                     let why = match saved {
-                        Some((mode, _)) if mode != s.aux_mode => {
+                        Some((mode, ..)) if mode != s.aux_mode => {
                             format!("saved under {}", mode.name())
                         }
                         _ => "none saved".to_string(),
@@ -621,7 +656,7 @@ impl RAdam {
                     *rounding.entry(line).or_default() += 1;
                     Aux::zeros(s.var.as_tensor(), s.aux_mode)?
                 }
-                (false, Some((mode, _)), _) if mode.has_aux() => {
+                (false, Some((mode, ..)), _) if mode.has_aux() => {
                     let line = format!(
                         "saved {} buffer dropped (the variable is updated with {} now)",
                         mode.name(),
@@ -632,7 +667,7 @@ impl RAdam {
                 }
                 _ => Aux::None,
             };
-            fresh_aux.push((aux, saved.map_or(s.key, |(_, key)| key)));
+            fresh_aux.push((aux, saved.map_or(s.key, |(_, key, _)| key)));
         }
         if let Some(extra) = file.keys().min() {
             bail!("RAdam state: {path:?} holds '{extra}', which is no variable of this optimizer (another model?)");

@@ -580,6 +580,189 @@ fn buffers_start_at_zero_when_the_file_has_none_and_are_reported() {
     assert_eq!(file["radam.prec.w"].to_vec1::<i64>().unwrap()[0], 1);
 }
 
+/// The stochastic-rounding seed is saved (the third word of `radam.prec.NAME`); loaded into an
+/// optimizer with another seed, the report says so and the run continues with the optimizer's
+/// seed; the same seed loads clean, and a two-word record (a file from before the seed was
+/// saved) still loads, clean.
+#[test]
+fn the_stochastic_seed_is_saved_and_a_different_one_reported() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let init = hash_tensor(513, 3, 0, DType::BF16, 1.0, 0.0, &dev).unwrap();
+    let (v, mut o) = one(&init, params(Rounding::Stochastic { seed: 3 })).unwrap();
+    hashed_steps(&mut o, &v, 1, 8);
+    o.save_state(&path).unwrap();
+    let w = v.as_tensor().copy().unwrap();
+    let file = candle_core::safetensors::load(&path, &dev).unwrap();
+    assert_eq!(file["radam.prec.w"].to_vec1::<i64>().unwrap()[2], 3);
+    // Same seed: clean, and the stream continues as the uninterrupted run's.
+    let (v2, mut o2) = one(&w, params(Rounding::Stochastic { seed: 3 })).unwrap();
+    let report = o2.load_state(&path).unwrap();
+    assert!(report.is_clean(), "{report}");
+    hashed_steps(&mut o, &v, 9, 12);
+    hashed_steps(&mut o2, &v2, 9, 12);
+    assert_eq!(bits(v.as_tensor()), bits(v2.as_tensor()));
+    // Another seed: reported; the run goes on with seed 0.
+    let (v3, mut o3) = one(&w, params(Rounding::Stochastic { seed: 0 })).unwrap();
+    let report = o3.load_state(&path).unwrap();
+    assert_eq!(
+        report.rounding_changes,
+        ["1 variable(s): stochastic rounding saved with seed 3, continues with this \
+             optimizer's seed 0 (another random stream)"]
+    );
+    assert!(!report.is_clean());
+    hashed_steps(&mut o3, &v3, 9, 12);
+    assert_ne!(bits(v3.as_tensor()), bits(v.as_tensor()), "the optimizer's seed is used");
+    // A record without the seed (older file) loads, clean.
+    let mut file = candle_core::safetensors::load(&path, &dev).unwrap();
+    let rec = file["radam.prec.w"].to_vec1::<i64>().unwrap();
+    file.insert("radam.prec.w".into(), Tensor::new(&rec[..2], &dev).unwrap());
+    candle_core::safetensors::save(&file, &path).unwrap();
+    let (_, mut o5) = one(&w, params(Rounding::Stochastic { seed: 0 })).unwrap();
+    let report = o5.load_state(&path).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+/// A Rounding::Remainder refused for an f16 variable names where the mode comes from: the
+/// group that sets it, or the optimizer's default (and the group that inherits it).
+#[test]
+fn rounding_errors_name_the_group_or_the_default() {
+    let dev = Device::Cpu;
+    let h = Var::from_tensor(&Tensor::ones(3, DType::F16, &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::ones(3, DType::BF16, &dev).unwrap()).unwrap();
+    let vars = vec![("h16".to_string(), h), ("b16".to_string(), b)];
+    let o = RAdam::new_named(vars.clone(), params(Rounding::Nearest)).unwrap();
+    let e = o
+        .with_groups(vec![ParamGroup::names("halfs", &["h16"]).rounding(Rounding::Remainder)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'h16' is f16") && e.contains("set by group 'halfs'"), "{e}");
+    // The default group's variable, through set_params.
+    let mut o = RAdam::new_named(vars.clone(), params(Rounding::Nearest)).unwrap();
+    let e = o.set_params(params(Rounding::Remainder)).unwrap_err().to_string();
+    assert!(e.contains("'h16' is f16") && e.contains("default group 'default'"), "{e}");
+    assert!(e.contains("ParamsRAdam::rounding"), "{e}");
+    // A group without its own mode inherits the optimizer's.
+    let mut o = RAdam::new_named(vars, params(Rounding::Nearest))
+        .unwrap()
+        .with_groups(vec![ParamGroup::names("halfs", &["h16"])])
+        .unwrap();
+    let e = o.set_params(params(Rounding::Remainder)).unwrap_err().to_string();
+    assert!(e.contains("inherited by group 'halfs'"), "{e}");
+}
+
+/// Changing a variable's mode on a running optimizer (set_params, set_groups) carries its value
+/// over: from remainder / Kahan the f32 master is stored under the new mode; from nearest /
+/// stochastic a new buffer starts at zero.
+#[test]
+fn mode_changes_convert_the_master() {
+    let dev = Device::Cpu;
+    let p = |r| ParamsRAdam { lr: 1e-3, rounding: r, ..Default::default() };
+    // 100 steps of gradient 1 on a bf16 1.0 under `r`: the master and the optimizer.
+    let run = |dtype: DType, r: Rounding| {
+        let (v, mut o) = one(&Tensor::ones(4, dtype, &dev).unwrap(), p(r)).unwrap();
+        let g = Tensor::ones(4, dtype, &dev).unwrap();
+        for _ in 0..100 {
+            o.step(&grads_of(&v, &g)).unwrap();
+        }
+        (v, o)
+    };
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()[0];
+    let bf = |x: f32| half::bf16::from_f32(x).to_f32();
+    let hf = |x: f32| half::f16::from_f32(x).to_f32();
+
+    // Remainder -> nearest / stochastic: the master rounded to nearest (not the truncated param).
+    for to in [Rounding::Nearest, Rounding::Stochastic { seed: 1 }] {
+        let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+        let m = f32s(&o.master_weights("w").unwrap());
+        assert_eq!(m, 0.981_268_7);
+        assert_eq!(f32s(v.as_tensor()), 0.980_468_75);
+        o.set_params(p(to)).unwrap();
+        assert_eq!(f32s(v.as_tensor()), bf(m), "{to}");
+        // A master above the midpoint: nearest rounds up where the param was truncated.
+        let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+        o.set_master_weights("w", &Tensor::full(0.983f32, 4, &dev).unwrap()).unwrap();
+        assert_eq!(f32s(v.as_tensor()), 0.980_468_75);
+        o.set_params(p(to)).unwrap();
+        assert_eq!(f32s(v.as_tensor()), 0.984_375, "{to}");
+        assert_eq!(f32s(&o.master_weights("w").unwrap()), 0.984_375, "{to}");
+    }
+    // Remainder -> Kahan: p = nearest(master), c = the rest rounded to bf16 (not zero).
+    let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+    let m = f32s(&o.master_weights("w").unwrap());
+    o.set_params(p(Rounding::Kahan)).unwrap();
+    assert_eq!(f32s(v.as_tensor()), bf(m));
+    assert_eq!(f32s(&o.master_weights("w").unwrap()), bf(m) + bf(m - bf(m)));
+    assert_ne!(f32s(&o.master_weights("w").unwrap()), bf(m), "the compensation is kept");
+    // Kahan -> remainder: master = p + c, split exactly (param = its upper half).
+    let (v, mut o) = run(DType::BF16, Rounding::Kahan);
+    let m = f32s(&o.master_weights("w").unwrap());
+    assert_ne!(m, f32s(v.as_tensor()), "the compensation is in use");
+    o.set_params(p(Rounding::Remainder)).unwrap();
+    assert_eq!(f32s(&o.master_weights("w").unwrap()), m);
+    assert_eq!(f32s(v.as_tensor()).to_bits(), m.to_bits() & 0xffff_0000);
+    // f16 Kahan -> nearest: p = nearest(p + c).
+    let (v, mut o) = run(DType::F16, Rounding::Kahan);
+    let m = f32s(&o.master_weights("w").unwrap());
+    o.set_params(p(Rounding::Nearest)).unwrap();
+    assert_eq!(f32s(v.as_tensor()), hf(m));
+    // Nearest / stochastic -> remainder / Kahan: the param is the master, the buffer zero.
+    for (from, to) in [
+        (Rounding::Nearest, Rounding::Remainder),
+        (Rounding::Stochastic { seed: 2 }, Rounding::Kahan),
+    ] {
+        let (v, mut o) = run(DType::BF16, from);
+        let before = f32s(v.as_tensor());
+        o.set_params(p(to)).unwrap();
+        assert_eq!(f32s(v.as_tensor()), before);
+        assert_eq!(f32s(&o.master_weights("w").unwrap()), before, "{from} -> {to}");
+    }
+    // Through set_groups: a group switching the variable from remainder to Kahan.
+    let (v, mut o) = run(DType::BF16, Rounding::Remainder);
+    let m = f32s(&o.master_weights("w").unwrap());
+    o.set_groups(vec![ParamGroup::names("k", &["w"]).rounding(Rounding::Kahan)]).unwrap();
+    assert_eq!(f32s(v.as_tensor()), bf(m));
+    assert_eq!(f32s(&o.master_weights("w").unwrap()), bf(m) + bf(m - bf(m)));
+}
+
+/// A damaged file's rounding buffer: the error says what is wrong (record missing, record
+/// saying a mode without a buffer, wrong length).
+#[test]
+fn damaged_rounding_records_are_named() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let init = hash_tensor(1000, 3, 0, DType::BF16, 1.0, 0.0, &dev).unwrap();
+    let (v, mut o) = one(&init, params(Rounding::Remainder)).unwrap();
+    hashed_steps(&mut o, &v, 1, 3);
+    o.save_state(&path).unwrap();
+    let good = candle_core::safetensors::load(&path, &dev).unwrap();
+    let load_with = |f: &dyn Fn(&mut std::collections::HashMap<String, Tensor>)| {
+        let mut file = good.clone();
+        f(&mut file);
+        let bad = dir.path().join("bad");
+        candle_core::safetensors::save(&file, &bad).unwrap();
+        let (_, mut o) = one(&init, params(Rounding::Remainder)).unwrap();
+        o.load_state(&bad).unwrap_err().to_string()
+    };
+    let e = load_with(&|f| {
+        f.remove("radam.prec.w");
+    });
+    assert!(e.contains("no rounding record 'radam.prec.w'"), "{e}");
+    let e = load_with(&|f| {
+        let mut r = f["radam.prec.w"].to_vec1::<i64>().unwrap();
+        r[0] = 0;
+        f.insert("radam.prec.w".into(), Tensor::new(r.as_slice(), &dev).unwrap());
+    });
+    assert!(e.contains("says nearest, a mode without a buffer"), "{e}");
+    let e = load_with(&|f| {
+        let a = f["radam.aux.w"].narrow(0, 0, 999).unwrap();
+        f.insert("radam.aux.w".into(), a);
+    });
+    assert!(e.contains("has 999 elements, its variable 1000"), "{e}");
+}
+
 #[test]
 fn modes_are_checked_against_dtypes_and_parse() {
     let dev = Device::Cpu;

@@ -302,6 +302,10 @@ static void run_modes(const char* name, void (*kernel)(const Entry*, const uint3
                 t.g.resize(n + off + 8);
                 t.a.assign(n + off + 8, 0);
                 for (auto& x : t.p) x = from_f<H>(u(rng));
+                if (n >= 9) {  // params that are inf: they stay inf (or become NaN) in every mode
+                    t.p[off + 5] = from_f<H>(INFINITY);
+                    t.p[off + 6] = from_f<H>(-INFINITY);
+                }
                 t.pr.assign(t.p.begin() + off, t.p.begin() + off + n);
                 t.master.resize(n);
                 for (size_t i = 0; i < n; i++) t.master[i] = Traits<H>::load(t.pr[i]);
@@ -312,6 +316,15 @@ static void run_modes(const char* name, void (*kernel)(const Entry*, const uint3
             }
         for (int step = 1; step <= 12; step++) {
             for (auto& t : ts) for (auto& x : t.g) x = from_f<H>(u(rng) * 0.5f);
+            // Non-finite gradients (NonFinite::Propagate: the host lets them through): NaN and
+            // +-inf into the moments, so NaN / inf results reach every mode's store.
+            if (step == 6 || step == 9)
+                for (auto& t : ts)
+                    if (t.n >= 9) {
+                        t.g[t.off + 2] = from_f<H>(NAN);
+                        t.g[t.off + 3] = from_f<H>(step == 6 ? INFINITY : -INFINITY);
+                        t.g[t.off + t.n - 1] = from_f<H>(-NAN);
+                    }
             const int update = step <= 3 ? 1 : (step % 5 == 0 ? 2 : 0);
             // Small steps (lr 1e-4) so that most updates are below half an ulp.
             Scalars<float> k = {0.1f, 0.999f, 0.001f, (float)(1e-4 * step), 1e-8f, 0.f, 1.f, 1.f, update, 0};
@@ -323,7 +336,7 @@ static void run_modes(const char* name, void (*kernel)(const Entry*, const uint3
                 uint64_t mp = (uint64_t)t.m.data(), vp = (uint64_t)t.v.data(), ap = (uint64_t)(t.a.data() + t.off);
                 uint64_t aligned = ((pp | gp | mp | vp | ap) % 16) == 0;
                 uint64_t flags = aligned | ((uint64_t)(gp % 16 == 0) << 1) | ((uint64_t)mode << 4);
-                uint64_t stream = mix64(mix64(mix64(7) ^ t.key) ^ (uint64_t)step);
+                uint64_t stream = ref_stream(7, t.key, (uint64_t)step);
                 uint64_t entry[12] = {pp, gp, mp, vp, t.n, (uint64_t)map.size(), flags, e,
                                       mode == MODE_REMAINDER || mode == MODE_KAHAN ? ap : 0,
                                       mode == MODE_STOCHASTIC ? stream : 0, 0, 0};
@@ -332,18 +345,19 @@ static void run_modes(const char* name, void (*kernel)(const Entry*, const uint3
                 // Reference.
                 for (size_t i = 0; i < t.n; i++) {
                     const float old = mode == MODE_REMAINDER ? t.master[i] : Traits<H>::load(t.pr[i]);
-                    const float g = Traits<H>::load(t.g[t.off + i]);
+                    // The kernel's expression (0 * inf is NaN: an inf param gives a NaN gradient).
+                    const float g = Traits<H>::load(t.g[t.off + i]) * k.grad_mult + k.l2 * old;
                     t.mr[i] = t.mr[i] + k.one_minus_beta1 * (g - t.mr[i]);
                     t.vr[i] = k.beta2 * t.vr[i] + k.one_minus_beta2 * g * g;
                     float x = old;
                     if (update == 0) {
                         const float d = std::sqrt(t.vr[i]) + k.eps;
-                        x = old - (d == 0.f ? 0.f : k.step_size * t.mr[i] / d);
+                        x = k.decay * old - (d == 0.f ? 0.f : k.step_size * t.mr[i] / d);
                     } else if (update == 1) {
-                        x = old - k.step_size * t.mr[i];
+                        x = k.decay * old - k.step_size * t.mr[i];
                     }
                     if (update != 2)
-                        ref_round_store<H>(mode, x, old, t.pr[i], t.ar[i], segment_word(stream, i), i, t.master[i]);
+                        ref_round_store<H>(mode, x, old, t.pr[i], t.ar[i], ref_segment_word(stream, i), i, t.master[i]);
                 }
             }
             size_t map_word = words.size();
@@ -360,18 +374,54 @@ static void run_modes(const char* name, void (*kernel)(const Entry*, const uint3
                 CHECK(bits(t.p[t.off + i]) == bits(t.pr[i]), "%s mode %d tensor %zu (n=%zu) param[%zu]", name, mode, e, t.n, i);
                 if (mode == MODE_REMAINDER || mode == MODE_KAHAN)
                     CHECK(t.a[t.off + i] == t.ar[i], "%s mode %d tensor %zu aux[%zu]", name, mode, e, i);
-                CHECK(bits(t.m[i]) == bits(t.mr[i]) && bits(t.v[i]) == bits(t.vr[i]), "%s mode %d tensor %zu m/v[%zu]", name, mode, e, i);
+                // Moments: bits, or both NaN (the compiler may swap the operands of a commutative
+                // product of two NaNs, and x86 keeps the first one's payload and sign).
+                const auto same = [](float a, float b) { return bits(a) == bits(b) || (a != a && b != b); };
+                CHECK(same(t.m[i], t.mr[i]) && same(t.v[i], t.vr[i]), "%s mode %d tensor %zu m/v[%zu] %08x %08x vs %08x %08x",
+                      name, mode, e, i, (unsigned)bits(t.m[i]), (unsigned)bits(t.v[i]), (unsigned)bits(t.mr[i]),
+                      (unsigned)bits(t.vr[i]));
                 moved += t.a[t.off + i] != 0;
             }
             for (size_t i = t.n + t.off; i < t.p.size(); i++) CHECK(t.a[i] == 0, "%s mode %d: aux written past the end", name, mode);
         }
         if (mode == MODE_REMAINDER || mode == MODE_KAHAN) CHECK(moved > elems / 2, "%s mode %d: buffer unused", name, mode);
-        printf("%-5s rounding mode %d: %zu tensors, %zu elements, 12 steps: %s\n", name, mode, ts.size(), elems,
+        size_t nonfinite = 0;
+        for (auto& t : ts)
+            for (size_t i = 0; i < t.n; i++) nonfinite += !std::isfinite(Traits<H>::load(t.pr[i]));
+        CHECK(nonfinite >= 4 * 10, "%s mode %d: only %zu non-finite params", name, mode, nonfinite);
+        printf("%-5s rounding mode %d: %zu tensors, %zu elements (%zu inf / NaN params), 12 steps: %s\n", name, mode,
+               ts.size(), elems, nonfinite,
                failures ? "MISMATCH" : "params, buffers and moments bit-identical to the reference");
     }
 }
 
+// The kernel's hash against the constants of scripts/hash_constants.py (indices >= 2^32
+// included), and the reference's; the kernel's sr_bf16 / sr_f16 on non-finite inputs whose bits
+// arithmetic on the host never produces (a NaN with its payload in the low half only, the GPU's
+// canonical NaN 0x7fffffff, where adding the random bits would carry out of the NaN).
+static void check_hash_and_nonfinite() {
+    CHECK(ref_hash_constants_ok(segment_word, element_bits, mix64(mix64(mix64(3) ^ 0x123456789abcdef0ull) ^ 17)),
+          "kernel hash differs from scripts/hash_constants.py");
+    CHECK(ref_hash_constants_ok(ref_segment_word, ref_element_bits, ref_stream(3, 0x123456789abcdef0ull, 17)),
+          "reference hash differs from scripts/hash_constants.py");
+    const uint32_t xs[] = {0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00000u, 0x7f800001u,
+                           0xff800001u, 0x7fffffffu, 0xffffffffu, 0x7fbfffffu, 0x7f80ffffu};
+    const uint32_t rs[] = {0u, 1u, 0xffffu, 0x8000u, 0xffffffffu, 0x12345678u};
+    for (uint32_t b : xs)
+        for (uint32_t r : rs) {
+            float x;
+            memcpy(&x, &b, 4);
+            CHECK(sr_bf16(x, r) == ref_sr_nonfinite(b, true), "sr_bf16(%08x, %08x) = %04x, want %04x", b, r,
+                  sr_bf16(x, r), ref_sr_nonfinite(b, true));
+            CHECK(sr_f16(x, r) == ref_sr_nonfinite(b, false), "sr_f16(%08x, %08x) = %04x, want %04x", b, r,
+                  sr_f16(x, r), ref_sr_nonfinite(b, false));
+        }
+    printf("hash: kernel and reference equal the Python constants (index >= 2^32 too); sr of inf / NaN: %s\n",
+           failures ? "MISMATCH" : "ok");
+}
+
 int main() {
+    check_hash_and_nonfinite();
     // The moment buffers come from std::vector: make sure the vector path is really exercised
     // (glibc's malloc aligns to 16 bytes).
     run_dtype<float, float>("f32", radam_mt_f32, radam_check_b32, radam_sumsq_f32);
