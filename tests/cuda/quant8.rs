@@ -4,7 +4,7 @@
 //! that it was skipped and passes when there is no CUDA device or driver (`cuda/device.rs`).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{NonFinite, ParamGroup, ParamsRAdam, RAdam, StateFormat};
 use rand::rngs::StdRng;
@@ -34,6 +34,44 @@ fn same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     }
     Ok(())
 }
+
+type Named = [(String, Var)];
+
+/// Step `t` of both optimizers with the same gradients (`grad(i, n)`: the `n` values of
+/// variable `i`'s, `None`: no gradient), then the params of every non-f64 twin compared bit for
+/// bit (f64 keeps full state: tests/cuda/gpu.rs covers it, to 1e-12).
+fn step_twins(
+    dev: &Device,
+    (cpu, gpu): (&mut RAdam, &mut RAdam),
+    (cv, gv): (&Named, &Named),
+    t: u64,
+    mut grad: impl FnMut(usize, usize) -> Option<Vec<f32>>,
+) -> Result<()> {
+    let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
+    for (i, ((_, c), (_, g))) in cv.iter().zip(gv).enumerate() {
+        let Some(v) = grad(i, c.elem_count()) else { continue };
+        let grad = Tensor::from_vec(v, c.elem_count(), &Device::Cpu)?.to_dtype(c.dtype())?;
+        gg.insert(g.as_tensor(), grad.to_device(dev)?);
+        gc.insert(c.as_tensor(), grad);
+    }
+    cpu.step(&gc)?;
+    gpu.step(&gg)?;
+    for ((name, c), (_, g)) in cv.iter().zip(gv).filter(|((_, c), _)| c.dtype() != DType::F64) {
+        same(&format!("step {t}: {name}"), c.as_tensor(), g.as_tensor())?;
+    }
+    Ok(())
+}
+
+/// Both optimizers' states saved into `dir` (`c.safetensors`, `g.safetensors`), loaded back on
+/// the CPU.
+fn saved_states(dir: &std::path::Path, cpu: &RAdam, gpu: &RAdam) -> Result<(Tensors, Tensors)> {
+    cpu.save_state(dir.join("c.safetensors"))?;
+    gpu.save_state(dir.join("g.safetensors"))?;
+    let load = |n: &str| candle_core::safetensors::load(dir.join(n), &Device::Cpu);
+    Ok((load("c.safetensors")?, load("g.safetensors")?))
+}
+
+type Tensors = std::collections::HashMap<String, Tensor>;
 
 /// 8-bit state on CPU and GPU from the same variables (f32, f16, bf16 where supported; f64 kept
 /// full by a group, as the error for f64 asks; not compared here), several steps through both RAdam branches, some
@@ -66,31 +104,15 @@ fn quant8_gpu_matches_cpu_bit_for_bit() -> Result<()> {
     assert_eq!(cpu.var_state("F32.big"), Some((2 * 12305 + 8 * 49, true)));
     assert_eq!(cpu.state_bytes(), gpu.state_bytes());
     for t in 1..=8u64 {
-        let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
-        for (i, ((_, c), (_, g))) in cv.iter().zip(&gv).enumerate() {
-            if (t as usize + i).is_multiple_of(4) {
-                continue;
-            }
-            let v: Vec<f32> = (0..c.elem_count()).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-            let grad = Tensor::from_vec(v, c.elem_count(), &Device::Cpu)?.to_dtype(c.dtype())?;
-            gg.insert(g.as_tensor(), grad.to_device(&dev)?);
-            gc.insert(c.as_tensor(), grad);
-        }
-        cpu.step(&gc)?;
-        gpu.step(&gg)?;
-        for ((name, c), (_, g)) in cv.iter().zip(&gv) {
-            if c.dtype() == DType::F64 {
-                continue; // full state: tests/cuda/gpu.rs covers it (to 1e-12)
-            }
-            same(&format!("step {t}: {name}"), c.as_tensor(), g.as_tensor())?;
-        }
+        step_twins(&dev, (&mut cpu, &mut gpu), (&cv, &gv), t, |i, n| {
+            let skip = (t as usize + i).is_multiple_of(4);
+            (!skip).then(|| (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect())
+        })?;
     }
     let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
     let path = |n: &str| dir.path().join(n);
-    cpu.save_state(path("c.safetensors"))?;
-    gpu.save_state(path("g.safetensors"))?;
     let load = |n: &str| candle_core::safetensors::load(path(n), &Device::Cpu);
-    let (sc, sg) = (load("c.safetensors")?, load("g.safetensors")?);
+    let (sc, sg) = saved_states(dir.path(), &cpu, &gpu)?;
     assert!(sc.contains_key("exp_avg_q8.F32.big") && sc.contains_key("exp_avg.F64.big"));
     for (k, a) in sc.iter().filter(|(k, _)| k.starts_with("exp_avg") && !k.contains("F64")) {
         same(k, a, &sg[k])?;
@@ -139,33 +161,18 @@ fn quant8_gpu_edge_blocks_match_cpu() -> Result<()> {
     };
     let (mut cpu, mut gpu) = (build(cv.clone())?, build(gv.clone())?);
     for t in 1..=3u64 {
-        let (mut gc, mut gg) = (GradStore::default(), GradStore::default());
-        for ((_, c), (_, g)) in cv.iter().zip(&gv) {
-            let mut v: Vec<f32> =
-                (0..c.elem_count()).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        step_twins(&dev, (&mut cpu, &mut gpu), (&cv, &gv), t, |_, n| {
+            let mut v: Vec<f32> = (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect();
             v[..256].fill(0.0);
             if t == 1 {
                 v[256 + 5] = f32::NAN;
                 v[512 + 3] = 1e22;
             }
-            let grad = Tensor::from_vec(v, c.elem_count(), &Device::Cpu)?.to_dtype(c.dtype())?;
-            gg.insert(g.as_tensor(), grad.to_device(&dev)?);
-            gc.insert(c.as_tensor(), grad);
-        }
-        cpu.step(&gc)?;
-        gpu.step(&gg)?;
-        for ((name, c), (_, g)) in cv.iter().zip(&gv) {
-            if c.dtype() != DType::F64 {
-                same(&format!("step {t}: {name}"), c.as_tensor(), g.as_tensor())?;
-            }
-        }
+            Some(v)
+        })?;
     }
     let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
-    let path = |n: &str| dir.path().join(n);
-    cpu.save_state(path("c.safetensors"))?;
-    gpu.save_state(path("g.safetensors"))?;
-    let load = |n: &str| candle_core::safetensors::load(path(n), &Device::Cpu);
-    let (sc, sg) = (load("c.safetensors")?, load("g.safetensors")?);
+    let (sc, sg) = saved_states(dir.path(), &cpu, &gpu)?;
     let f32s = |k: &str| sc[k].to_dtype(DType::F32)?.to_vec1::<f32>();
     let u8s = |k: &str| sc[k].flatten_all()?.to_vec1::<u8>();
     // The planted blocks are what they should be (on the CPU, so on the GPU too).
