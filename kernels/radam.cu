@@ -464,12 +464,14 @@ RADAM_CHECK_ENTRY(radam_check_b64, uint64_t, 0x7ff0000000000000ull)        // f6
 // (chunks are RADAM_CHUNK = 16 quantization blocks, so they never split one): dequantize
 // (map[code] * absmax), load the param (ParamIO<P>, with its rounding buffer, as radam_mt),
 // radam_elem (the f32 rule, unchanged), block max-reduce of |m| and |v|
-// (warp shuffles, then one value per warp in shared memory; NaN sticky), quantize against the
-// new absmax (x / absmax, binary search, ties to the lower code: radam8_code), store (the param
-// through ParamIO<P>::store under the entry's rounding mode, as radam_mt). Bit for bit
+// (warp shuffles, then one value per warp in shared memory; NaN sticky; +-inf saturated to
+// the largest f32), quantize against the new absmax (x / absmax, binary search, ties to the
+// lower code: radam8_code), store (the param through ParamIO<P>::store under the entry's
+// rounding mode, as radam_mt). Bit for bit
 // the CPU pass: the same f32 operations in the same order (-fmad=false, IEEE division and sqrt).
 
 #define RADAM_Q8_BLOCK RADAM_THREADS
+#define RADAM8_FMAX 3.40282347e+38f  // FLT_MAX (f32::MAX), without <cfloat> (NVRTC)
 static_assert(RADAM_CHUNK % RADAM_Q8_BLOCK == 0, "a chunk must hold whole quantization blocks");
 static_assert(RADAM_Q8_BLOCK == 256, "src/quant.rs BLOCK: one thread per element of a block");
 
@@ -552,6 +554,11 @@ __device__ __forceinline__ void radam8_mt(const Entry* __restrict__ table,
             am = radam8_max(am, warp_max[0][w]);
             av = radam8_max(av, warp_max[1][w]);
         }
+        // An overflowed moment (+-inf) saturates the absmax to FLT_MAX (src/quant.rs `absmax`):
+        // +-inf / FLT_MAX = +-inf takes the extreme code, the rest of the block stays finite.
+        // NaN fails the comparison and stays NaN.
+        am = am > RADAM8_FMAX ? RADAM8_FMAX : am;
+        av = av > RADAM8_FMAX ? RADAM8_FMAX : av;
         if (active) {
             mc[i] = radam8_code(smap, am == 0.0f ? 0.0f : mi / am);
             vc[i] = radam8_code(umap, av == 0.0f ? 0.0f : vi / av);

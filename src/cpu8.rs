@@ -23,7 +23,8 @@ use std::sync::Mutex;
 use crate::cpu::{dispatch, span, Coeffs};
 use crate::precision::{self, Mode, Store};
 use crate::quant::{
-    blocks, dequantize, dequantize_block, quantize, quantize_block, signed_map, unsigned_map, BLOCK,
+    blocks, dequantize, dequantize_block, quantize, quantize_block_of, signed_map, unsigned_map,
+    Moment, BLOCK,
 };
 use crate::rule::{StepScalars, Update};
 
@@ -54,8 +55,8 @@ impl Moments8 {
 
     /// Quantizes f32 moments.
     pub(crate) fn from_f32(m: &[f32], v: &[f32]) -> Self {
-        let (mc, ma) = quantize(signed_map(), m);
-        let (vc, va) = quantize(unsigned_map(), v);
+        let (mc, ma) = quantize(Moment::First, m);
+        let (vc, va) = quantize(Moment::Second, v);
         Self { m: mc, m_absmax: ma, v: vc, v_absmax: va }
     }
 
@@ -244,8 +245,8 @@ fn update_blocks<P: Param8>(
         dequantize_block(smap, mc, *ma, &mut mf[..n]);
         dequantize_block(umap, vc, *va, &mut vf[..n]);
         dispatch(&mut pf[..n], &gf[..n], &mut mf[..n], &mut vf[..n], k);
-        *ma = quantize_block(smap, &mf[..n], mc);
-        *va = quantize_block(umap, &vf[..n], vc);
+        *ma = quantize_block_of(Moment::First, &mf[..n], mc);
+        *va = quantize_block_of(Moment::Second, &vf[..n], vc);
         if !frozen {
             P::store(&pf[..n], &old[..n], p, aux, st, first + (b * BLOCK) as u64);
         }
@@ -427,16 +428,26 @@ mod tests {
         let f = golden();
         assert_eq!(bits(signed_map()), bits(&f32s(&f, "map.signed")));
         assert_eq!(bits(unsigned_map()), bits(&f32s(&f, "map.unsigned")));
-        let x = f32s(&f, "q.x");
-        for (name, map) in [("signed", signed_map()), ("unsigned", unsigned_map())] {
-            let x: Vec<f32> =
-                if name == "unsigned" { x.iter().map(|e| e.abs()).collect() } else { x.clone() };
-            let (codes, absmax) = quantize(map, &x);
-            assert_eq!(codes, u8s(&f, &format!("q.{name}.codes")), "{name} codes");
-            assert_eq!(bits(&absmax), bits(&f32s(&f, &format!("q.{name}.absmax"))));
-            let deq = dequantize(map, &codes, &absmax);
-            assert_eq!(bits(&deq), bits(&f32s(&f, &format!("q.{name}.deq"))), "{name} deq");
+        // "qi": blocks with +-inf (saturated absmax) and with a NaN.
+        for pre in ["q", "qi"] {
+            let x = f32s(&f, &format!("{pre}.x"));
+            for (name, moment) in [("signed", Moment::First), ("unsigned", Moment::Second)] {
+                let x: Vec<f32> = if name == "unsigned" {
+                    x.iter().map(|e| e.abs()).collect()
+                } else {
+                    x.clone()
+                };
+                let (codes, absmax) = quantize(moment, &x);
+                assert_eq!(codes, u8s(&f, &format!("{pre}.{name}.codes")), "{pre} {name} codes");
+                assert_eq!(bits(&absmax), bits(&f32s(&f, &format!("{pre}.{name}.absmax"))));
+                let deq = dequantize(moment.map(), &codes, &absmax);
+                let want = f32s(&f, &format!("{pre}.{name}.deq"));
+                assert_eq!(bits(&deq), bits(&want), "{pre} {name} deq");
+            }
         }
+        // +inf in m keeps its sign: the top code, f32::MAX (not code 0 = -0.99297 * absmax).
+        let (c, a) = quantize(Moment::First, &[1.0, f32::INFINITY, -f32::INFINITY]);
+        assert_eq!((c, a), (vec![127, 255, 0], vec![f32::MAX]));
     }
 
     /// One fused 8-bit step from known moments (both RAdam branches) matches the numpy
@@ -445,7 +456,7 @@ mod tests {
     #[test]
     fn one_step_matches_numpy_reference() {
         let f = golden();
-        for case in ["adaptive", "sgd"] {
+        for case in ["adaptive", "sgd", "overflow"] {
             let key = |s: &str| format!("step.{case}.{s}");
             let t = f[&key("t")].to_vec1::<i64>().unwrap()[0] as u64;
             let wd = f[&key("weight_decay")].to_vec1::<f64>().unwrap();
@@ -486,6 +497,12 @@ mod tests {
             let p1 = p.to_vec1::<f32>().unwrap();
             assert_eq!(bits(&p1), bits(&f32s(&f, &key("p_out"))), "{case}: params");
             assert_ne!(bits(&p1), bits(&p0));
+            if case == "overflow" {
+                // v overflowed at two elements: saturated, their blocks finite.
+                assert!(p1.iter().all(|x| x.is_finite()), "overflow: params finite");
+                assert_eq!(mo.v_absmax[0], f32::MAX);
+                assert_eq!(mo.v[3], 255);
+            }
         }
     }
 

@@ -7,9 +7,11 @@
 //! ## The maps
 //!
 //! A moment is stored as one `u8` code per element and one `f32` scale (`absmax`) per block of
-//! [`BLOCK`] consecutive elements; the value is `map[code] * absmax`. The maps are bitsandbytes'
-//! `create_dynamic_map` (`bitsandbytes/functional.py`, defaults `max_exponent_bits = 7`,
-//! `total_bits = 8`): a "dynamic" type of a decimal exponent and a linear fraction,
+//! [`BLOCK`] consecutive elements; the value is `map[code] * absmax`. The maps are the formula
+//! of bitsandbytes' `create_dynamic_map` (`bitsandbytes/functional.py`, defaults
+//! `max_exponent_bits = 7`, `total_bits = 8`) evaluated in f64 and rounded once to f32 (so not
+//! bit-identical to bitsandbytes' own torch-f32 tables: see below): a "dynamic" type of a
+//! decimal exponent and a linear fraction,
 //!
 //! ```text
 //! for i in 0..7:                                    (decimal exponent 10^(i-6), 1e-6 ... 1)
@@ -31,11 +33,13 @@
 //! on the CPU's vector width; here every value is evaluated in f64 in the fixed order
 //! `10^(i-6) * (0.1 + (0.9 * (2j+1)) / (2(k-1)))` (decimal powers as literals) and rounded once to
 //! f32. `tests/golden/gen_quant8.py` builds the same maps in numpy, bit for bit, and reports their
-//! distance to torch's evaluation of bitsandbytes' code (at most a few f32 ulps).
+//! distance to torch's evaluation of bitsandbytes' code: 72 of the 256 signed values differ by
+//! 1 f32 ulp, 100 of the 256 unsigned ones by 1-2 ulps (the rest are identical).
 //!
 //! ## Quantize, dequantize
 //!
-//! - `absmax` of a block = the largest `|x|` of its elements (NaN if one of them is NaN);
+//! - `absmax` of a block = the largest `|x|` of its elements (NaN if one of them is NaN),
+//!   **saturated to `f32::MAX`** when that is infinite (see *Non-finite moments* below);
 //! - code of `x` = the map entry nearest to `x / absmax` (IEEE division; `0` when `absmax = 0`):
 //!   a binary search for the largest `lo` with `map[lo] <= x / absmax` (`lo = 0` below `map[0]`),
 //!   then `lo + 1` if `map[lo + 1] - y < y - map[lo]` (f32 differences), else `lo`: **a tie goes
@@ -45,6 +49,25 @@
 //!   the division fused), equal to [`nearest_code`] on all 2^32 f32 (an exhaustive test).
 //! - dequantized value = `map[code] * absmax` (one f32 product; on the CPU scalar table reads,
 //!   or 64 at a time with AVX-512 VBMI byte permutes where the CPU has them).
+//!
+//! ## Non-finite moments
+//!
+//! - **Overflow (±inf) saturates.** A finite but huge gradient (say `1e22` for an f32
+//!   parameter) makes `v = beta2 v + (1 - beta2) g^2` overflow to `+inf` (and a huge `m` can
+//!   overflow too). With f32 state that element's update is then `m / inf = 0`; its neighbours
+//!   are untouched. An infinite absmax would instead poison the block (`y = inf / inf = NaN`,
+//!   then `map[code] * inf`): so the absmax is clamped to `f32::MAX`. `±inf / f32::MAX = ±inf`
+//!   takes the extreme code and keeps its sign (`+inf`: the top code, `+f32::MAX`; `-inf`: code
+//!   0, `-0.99297 * f32::MAX`), so the element's `v` stays ~`f32::MAX` and its update ~0 as with
+//!   f32 state; the block's other elements stay finite (relative to `f32::MAX` they quantize
+//!   to 0, so until the saturated `v` decays they get the fresh-moment update described under
+//!   *When not to use it*). CPU ([`absmax`], [`CodeIndex`]), CUDA (`radam8_mt_*`), the
+//!   emulation and the numpy reference all saturate, bit for bit.
+//! - **NaN poisons its block.** A NaN moment makes the block's absmax NaN and every code of the
+//!   block 0 (`x / NaN`), which dequantizes to NaN for good. A NaN gradient only reaches the
+//!   moments under [`crate::NonFinite::Propagate`]: there **one NaN gradient poisons its whole
+//!   256-element block** (with f32 state: one element). The default `NonFinite::Error` (and
+//!   `Skip`) never let it through.
 //!
 //! ## The fused step
 //!
@@ -82,8 +105,11 @@
 //!   group, `ParamGroup::glob("embeddings", &["*embed*"])?.state_format(StateFormat::Full)`.
 //! - When gradient magnitudes inside a block of 256 consecutive elements span more than about
 //!   3.5 decades: `v` is quantized relative to the block's largest `v`, and values below
-//!   `3.25e-7` of it become 0 (the unsigned map's smallest step), so such an element's update is
-//!   `m / eps`-sized until its `v` grows (the same limit as bitsandbytes' 8-bit Adam). Keep such
+//!   `3.25e-7` of it become 0 (the unsigned map's smallest step). The fresh `(1 - beta2) g^2` is
+//!   added after dequantization, so such an element's `v` is about `(1 - beta2) g^2` alone and
+//!   its update about `m / sqrt((1 - beta2) g^2)`, roughly `1 / sqrt(1 - beta2)` times the
+//!   f32-state step (~31.6x at `beta2 = 0.999`, when `v` has had time to build up there), until
+//!   its `v` survives quantization (the same limit as bitsandbytes' 8-bit Adam). Keep such
 //!   tensors full.
 //! - For f64 parameters (refused) and when results must reproduce an f32-state run bit for bit
 //!   (8-bit state tracks it closely, not exactly: `tests/quant8.rs` bounds the drift).
@@ -125,7 +151,9 @@ pub enum StateFormat {
     /// f32, f16 and bf16 variables only (an f64 variable selected for it is an error).
     Blockwise8 {
         /// Smaller tensors keep full moments ([`MIN_8BIT_ELEMENTS`] = 4096 by default,
-        /// bitsandbytes' `min_8bit_size`).
+        /// bitsandbytes' `min_8bit_size`). Any value is accepted, as in bitsandbytes: `0` (or
+        /// `1`) quantizes every tensor, even a 1-element one (its block is 1 element, stored
+        /// exactly up to `m`'s `-0.99297` for a negative value), `usize::MAX` none.
         min_elements: usize,
     },
 }
@@ -178,13 +206,17 @@ fn dynamic_map(signed: bool) -> [f32; 256] {
     data.try_into().unwrap_or([0.0; 256])
 }
 
-/// The map of `m`: bitsandbytes' `create_dynamic_map(signed=True)` (module docs).
+/// The map of `m`: the formula of bitsandbytes' `create_dynamic_map(signed=True)`, evaluated in
+/// f64 and rounded once to f32; 72 of its 256 values are 1 ulp from torch's f32 evaluation in
+/// bitsandbytes (module docs).
 pub fn signed_map() -> &'static [f32; 256] {
     static MAP: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
     MAP.get_or_init(|| dynamic_map(true))
 }
 
-/// The map of `v`: bitsandbytes' `create_dynamic_map(signed=False)` (module docs).
+/// The map of `v`: the formula of bitsandbytes' `create_dynamic_map(signed=False)`, evaluated in
+/// f64 and rounded once to f32; 100 of its 256 values are 1-2 ulps from torch's f32 evaluation in
+/// bitsandbytes (module docs).
 pub fn unsigned_map() -> &'static [f32; 256] {
     static MAP: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
     MAP.get_or_init(|| dynamic_map(false))
@@ -225,27 +257,42 @@ pub fn nearest_code(map: &[f32; 256], y: f32) -> u8 {
     (lo + up as usize) as u8
 }
 
-/// The absmax of one block: the largest `|x|`, NaN if any element is NaN, 0 for an empty block.
-/// (The largest of the bit patterns of `|x|`: for non-negative floats the unsigned order of
-/// the bits is the numeric order, and every NaN's bits exceed infinity's, so this is one
-/// vectorized integer max.)
+/// The absmax of one block: the largest `|x|`, **saturated** to `f32::MAX` when it is infinite
+/// (module docs: an overflowed moment must not poison its block), NaN if any element is NaN,
+/// 0 for an empty block. (The largest of the bit patterns of `|x|`: for non-negative floats the
+/// unsigned order of the bits is the numeric order, and every NaN's bits exceed infinity's, so
+/// this is one vectorized integer max.)
 #[inline(always)]
 pub fn absmax(x: &[f32]) -> f32 {
     let a = x.iter().fold(0u32, |a, e| a.max(e.to_bits() & 0x7fff_ffff));
     if a > f32::INFINITY.to_bits() {
         f32::NAN
     } else {
-        f32::from_bits(a)
+        f32::from_bits(a.min(f32::MAX.to_bits()))
     }
 }
 
-/// Quantizes one block in place of `codes` (`codes.len() == x.len()`) and returns its absmax
-/// (module docs). The codes are [`nearest_code`]'s of `x / absmax` (0's code when
-/// `absmax = 0`), found through [`CodeIndex`] (AVX2 gathers where the CPU has them).
+/// Quantizes one block of `moment` in place of `codes` (`codes.len() == x.len()`, else an
+/// error) and returns its absmax (module docs). The codes are [`nearest_code`]'s of
+/// `x / absmax` in `moment`'s map (0's code when `absmax = 0`), found through [`CodeIndex`]
+/// (AVX2 gathers where the CPU has them).
+pub fn quantize_block(moment: Moment, x: &[f32], codes: &mut [u8]) -> candle_core::Result<f32> {
+    if x.len() != codes.len() {
+        candle_core::bail!(
+            "quantize_block: {} values but {} codes (they must have the same length)",
+            x.len(),
+            codes.len()
+        );
+    }
+    Ok(quantize_block_of(moment, x, codes))
+}
+
+/// [`quantize_block`] without the length check (the fused pass: same lengths by construction;
+/// [`CodeIndex::codes_scaled`] asserts it).
 #[inline(always)]
-pub fn quantize_block(map: &'static [f32; 256], x: &[f32], codes: &mut [u8]) -> f32 {
+pub(crate) fn quantize_block_of(moment: Moment, x: &[f32], codes: &mut [u8]) -> f32 {
     let a = absmax(x);
-    CodeIndex::of(map).codes_scaled(x, a, codes);
+    CodeIndex::of(moment).codes_scaled(x, a, codes);
     a
 }
 
@@ -330,15 +377,13 @@ impl CodeIndex {
         Self { entry, thr }
     }
 
-    /// The index of [`signed_map`] or [`unsigned_map`] (built once).
-    pub fn of(map: &'static [f32; 256]) -> &'static Self {
+    /// The index of `moment`'s map (built once).
+    pub fn of(moment: Moment) -> &'static Self {
         static S: std::sync::OnceLock<CodeIndex> = std::sync::OnceLock::new();
         static U: std::sync::OnceLock<CodeIndex> = std::sync::OnceLock::new();
-        if std::ptr::eq(map, signed_map()) {
-            S.get_or_init(|| Self::new(map))
-        } else {
-            assert!(std::ptr::eq(map, unsigned_map()), "CodeIndex: not one of the two maps");
-            U.get_or_init(|| Self::new(map))
+        match moment {
+            Moment::First => S.get_or_init(|| Self::new(signed_map())),
+            Moment::Second => U.get_or_init(|| Self::new(unsigned_map())),
         }
     }
 
@@ -525,14 +570,14 @@ pub fn blocks(n: usize) -> usize {
     n.div_ceil(BLOCK)
 }
 
-/// Quantizes a whole tensor: codes (`x.len()`) and one absmax per [`BLOCK`] (the last block may be
+/// Quantizes a whole tensor of `moment` (in its map): codes (`x.len()`) and one absmax per [`BLOCK`] (the last block may be
 /// partial).
-pub fn quantize(map: &'static [f32; 256], x: &[f32]) -> (Vec<u8>, Vec<f32>) {
+pub fn quantize(moment: Moment, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
     let mut codes = vec![0u8; x.len()];
     let absmax = x
         .chunks(BLOCK)
         .zip(codes.chunks_mut(BLOCK))
-        .map(|(x, c)| quantize_block(map, x, c))
+        .map(|(x, c)| quantize_block_of(moment, x, c))
         .collect();
     (codes, absmax)
 }
@@ -587,8 +632,8 @@ mod tests {
     /// patterns; through [`CodeIndex::code`], [`CodeIndex::codes`] and the scaled (AVX2) path.
     #[test]
     fn code_index_agrees_with_binary_search() {
-        for map in [signed_map(), unsigned_map()] {
-            let index = CodeIndex::of(map);
+        for moment in [Moment::First, Moment::Second] {
+            let (map, index) = (moment.map(), CodeIndex::of(moment));
             let mut ys: Vec<f32> = vec![0.0, -0.0, 1.0, -1.0, 2.0, f32::INFINITY, -f32::INFINITY];
             ys.extend([
                 f32::NAN,
@@ -642,8 +687,8 @@ mod tests {
     #[ignore]
     fn code_index_agrees_with_binary_search_exhaustively() {
         use rayon::prelude::*;
-        for map in [signed_map(), unsigned_map()] {
-            let index = CodeIndex::of(map);
+        for moment in [Moment::First, Moment::Second] {
+            let (map, index) = (moment.map(), CodeIndex::of(moment));
             let bad = (0..1u32 << 16).into_par_iter().find_any(|&hi| {
                 let ys: Vec<f32> =
                     (0..1u32 << 16).map(|lo| f32::from_bits(hi << 16 | lo)).collect();
@@ -659,8 +704,8 @@ mod tests {
     /// a NaN absmax gives code 0; dequantization's vector path equals the scalar product.
     #[test]
     fn scaled_codes_and_dequantization() {
-        for map in [signed_map(), unsigned_map()] {
-            let index = CodeIndex::of(map);
+        for moment in [Moment::First, Moment::Second] {
+            let (map, index) = (moment.map(), CodeIndex::of(moment));
             let x: Vec<f32> =
                 (0..259).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1.3e-3).collect();
             let a = absmax(&x);
@@ -681,7 +726,7 @@ mod tests {
         }
         assert!(absmax(&[1.0, -3.0, 2.0]) == 3.0 && absmax(&[-0.0]) == 0.0 && absmax(&[]) == 0.0);
         assert!(absmax(&[1.0, f32::NAN, f32::INFINITY]).is_nan());
-        assert_eq!(absmax(&[1.0, -f32::INFINITY]), f32::INFINITY);
+        assert_eq!(absmax(&[1.0, -f32::INFINITY]), f32::MAX); // saturated
     }
 
     #[test]

@@ -8,8 +8,8 @@ mod common;
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::quant::{
-    blocks, dequantize, max_half_gap, quantize, signed_map, unsigned_map, Moment, BLOCK,
-    MIN_8BIT_ELEMENTS,
+    blocks, dequantize, max_half_gap, quantize, quantize_block, signed_map, unsigned_map, Moment,
+    BLOCK, MIN_8BIT_ELEMENTS,
 };
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam, StateFormat};
 use common::hash_values;
@@ -35,7 +35,7 @@ fn error_bounds_per_map_and_size() {
                     *e = 0.0;
                 }
             }
-            let (codes, absmax) = quantize(map, &x);
+            let (codes, absmax) = quantize(moment, &x);
             assert_eq!((codes.len(), absmax.len()), (n, blocks(n)));
             let y = dequantize(map, &codes, &absmax);
             for (b, (xs, ys)) in x.chunks(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
@@ -147,6 +147,98 @@ fn threshold_dtypes_groups_and_memory() -> Result<()> {
     assert_eq!((one.var_state("a").unwrap().1, one.var_state("b").unwrap().1), (true, false));
     let g = grads(&one, 1, 0.1)?;
     one.step(&g)?;
+    Ok(())
+}
+
+/// The review's input (issue 13): an f32 variable of 8192 elements, `g[3] = 1e22` on step 1
+/// (finite, so `NonFinite::Error` lets it through; `v = (1 - beta2) g^2` overflows to +inf),
+/// then 9 ordinary steps. f32 state: `v = inf` zeroes that element's update, 0 non-finite
+/// params. 8-bit state: before the fix `v`'s absmax was inf and the block's 256 params became
+/// NaN (`inf / inf`, then `0 * inf`); now the absmax saturates to `f32::MAX`: 0 non-finite
+/// params, element 3 keeps the top code of `v` (its update ~0), and the parameters outside the
+/// overflowed block track the f32-state run as closely as without the outlier.
+#[test]
+fn overflowed_moment_does_not_poison_its_block() -> Result<()> {
+    let n = 8192;
+    let run = |format: StateFormat| -> Result<Vec<f32>> {
+        let w = var(n, 3, DType::F32)?;
+        let mut opt =
+            RAdam::new(vec![w.clone()], ParamsRAdam::default())?.with_state_format(format)?;
+        for t in 1..=10u64 {
+            let mut g = hash_values(n, 11, t, 0.1, 0.0);
+            if t == 1 {
+                g[3] = 1e22;
+            }
+            let mut gs = GradStore::default();
+            gs.insert(w.as_tensor(), Tensor::new(g, &Device::Cpu)?);
+            opt.step(&gs)?;
+        }
+        w.as_tensor().to_vec1::<f32>()
+    };
+    let (a, b) = (run(StateFormat::Full)?, run(StateFormat::blockwise8())?);
+    let bad = |x: &[f32]| x.iter().filter(|e| !e.is_finite()).count();
+    assert_eq!((bad(&a), bad(&b)), (0, 0), "non-finite params: f32 state, 8-bit state");
+    // Element 3: the same huge SGD-phase move in both (steps 1-5), ~no adaptive move after.
+    assert!((a[3] - b[3]).abs() <= 1e-3 * a[3].abs(), "element 3: {} vs {}", a[3], b[3]);
+    // Outside block 0: as close as 8-bit state ever is after 10 steps at lr 1e-3.
+    let p0 = var(n, 3, DType::F32)?.as_tensor().to_vec1::<f32>()?;
+    let (mut diff, mut moved) = (0f64, 0f64);
+    for i in BLOCK..n {
+        diff += ((a[i] - b[i]) as f64).powi(2);
+        moved += ((a[i] - p0[i]) as f64).powi(2);
+    }
+    assert!(diff.sqrt() <= 0.05 * moved.sqrt(), "rms diff {diff} vs moved {moved}");
+    // Block 0's other elements: finite, and moved by at most a few lr per step.
+    for i in (0..BLOCK).filter(|&i| i != 3) {
+        assert!((b[i] - p0[i]).abs() <= 10.0 * 1e-3 * 10.0, "element {i}: {} -> {}", p0[i], b[i]);
+    }
+    Ok(())
+}
+
+/// A block of `m` holding +inf, -inf and finite values: the absmax saturates to `f32::MAX`,
+/// each infinity keeps its sign (top code: `+f32::MAX`; bottom code: `-0.99297 * f32::MAX`),
+/// the finite elements stay finite; `v` likewise. A NaN still makes the absmax NaN (module docs:
+/// one NaN gradient under `NonFinite::Propagate` poisons its block).
+#[test]
+fn infinities_saturate_and_keep_their_sign() {
+    let x = [0.5, f32::INFINITY, -2.0, -f32::INFINITY];
+    let (c, a) = quantize(Moment::First, &x);
+    assert_eq!(a, vec![f32::MAX]);
+    let d = dequantize(signed_map(), &c, &a);
+    assert_eq!((c[1], c[3]), (255, 0));
+    assert_eq!((d[1], d[3]), (f32::MAX, signed_map()[0] * f32::MAX));
+    assert!(d.iter().all(|e| e.is_finite()) && d[0] == 0.0 && d[2] == 0.0);
+    let (c, a) = quantize(Moment::Second, &[1.0, f32::INFINITY]);
+    assert_eq!((c, a), (vec![0, 255], vec![f32::MAX]));
+    assert!(quantize(Moment::First, &[1.0, f32::NAN]).1[0].is_nan());
+}
+
+/// `quantize_block` takes the moment (no map to get wrong) and refuses mismatched lengths
+/// instead of panicking.
+#[test]
+fn quantize_block_checks_its_arguments() -> Result<()> {
+    let mut codes = [0u8; 3];
+    assert_eq!(quantize_block(Moment::First, &[1.0, -0.5, 0.0], &mut codes)?, 1.0);
+    assert_eq!(codes[0], 255);
+    let err = quantize_block(Moment::Second, &[1.0; 4], &mut codes).unwrap_err().to_string();
+    assert!(err.contains("4 values but 3 codes"), "{err}");
+    Ok(())
+}
+
+/// `min_elements` may be anything, 0 included (bitsandbytes accepts any `min_8bit_size`):
+/// 0 and 1 quantize every tensor, even one element; `usize::MAX` none.
+#[test]
+fn min_elements_zero_quantizes_everything() -> Result<()> {
+    for (min, want) in [(0, true), (1, true), (usize::MAX, false)] {
+        let vars = named(&[("one", 1, DType::F32), ("b", 300, DType::F32)])?;
+        let mut opt = RAdam::new_named(vars, ParamsRAdam::default())?
+            .with_state_format(StateFormat::Blockwise8 { min_elements: min })?;
+        assert_eq!(opt.var_state("one").unwrap().1, want, "min_elements {min}");
+        assert_eq!(opt.var_state("b").unwrap().1, want, "min_elements {min}");
+        let g = grads(&opt, 1, 0.1)?;
+        opt.step(&g)?;
+    }
+    assert!(StateFormat::Blockwise8 { min_elements: 0 }.quantizes(0));
     Ok(())
 }
 

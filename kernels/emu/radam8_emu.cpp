@@ -6,7 +6,9 @@
 // codes, absmax, params and rounding buffers, for every param dtype, update branch and (f16 /
 // bf16) rounding mode (the param side as ref_rounding.h, shared with radam_emu.cpp), several
 // scalar sets in one launch, tensors ending in a partial quantization block and spanning several
-// chunks, all-zero blocks. scripts/ci-cuda.sh builds and runs it:
+// chunks, all-zero blocks with zero moments under l2 = 0 (the absmax-0 guard), a NaN gradient
+// (NaN-sticky max: the whole block gets code 0), moments that overflow to +-inf (the absmax
+// saturates to FLT_MAX; the rest of the block stays finite). scripts/ci-cuda.sh builds and runs it:
 //
 //   g++ -O2 -std=c++17 -ffp-contract=off -I$CUDA_HOME/include -Icuda-standin \
 //       kernels/emu/radam8_emu.cpp cuda-standin/fibers.cpp -o radam8_emu
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -61,6 +64,21 @@ static uint8_t ref_code(const std::vector<float>& map, float y) {
     return (uint8_t)((hi != lo && map[hi] - y < y - map[lo]) ? hi : lo);
 }
 
+// src/quant.rs `absmax` over a block: the largest magnitude, NaN if any is NaN (sticky), an
+// infinite one saturated to FLT_MAX.
+static float ref_max(float a, float b) {
+    if (a != a) return a;
+    return (b > a || b != b) ? b : a;
+}
+static uint32_t fbits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    return b;
+}
+static float ref_saturate(float a) {
+    return a > std::numeric_limits<float>::max() ? std::numeric_limits<float>::max() : a;
+}
+
 template <typename P> static float to_f(P x) { return Traits<P>::load(x); }
 template <typename P> static P from_f(float x) { return Traits<P>::store(x); }
 
@@ -89,17 +107,17 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
     maps.insert(maps.end(), umap.begin(), umap.end());
     std::mt19937 rng(1234 + update + 10 * mode);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    const uint64_t sizes[] = {4096, 4097 + 300, 3 * RADAM_CHUNK + 17, 256 * 5};
+    const uint64_t sizes[] = {4096, 4097 + 300, 3 * RADAM_CHUNK + 17, 256 * 5, 256 * 4};
     Scalars<float> sets[2];
     for (int s = 0; s < 2; s++) {
         sets[s] = Scalars<float>{0.1f, 0.999f, 0.001f, s ? 1e-3f : 2.5e-3f, 1e-8f, s ? 0.01f : 0.0f,
                                  s ? 1.0f : 0.9999f, s ? 0.5f : 1.0f, update, 0};
     }
     std::vector<Tensor8> ts;
-    for (size_t t = 0; t < 4; t++) {
+    for (size_t t = 0; t < 5; t++) {
         Tensor8 x;
         x.n = sizes[t];
-        x.set = (uint32_t)(t % 2);
+        x.set = t == 4 ? 0u : (uint32_t)(t % 2);  // tensor 4: set 0, l2 = 0
         const uint64_t nb = (x.n + 255) / 256;
         for (uint64_t i = 0; i < x.n; i++) {
             x.p0.push_back(to_f<P>(from_f<P>(nd(rng))));
@@ -120,6 +138,21 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
             x.va.push_back(b == 1 ? 0.0f : 0.002f * scale * scale);
         }
         if (t == 3) std::fill(x.g0.begin() + 256, x.g0.begin() + 512, 0.0f);  // stays zero
+        if (t == 4) {
+            // Block 0: truly all zero (zero moments and grads, l2 = 0): new absmax 0, so the
+            // guard gives the zero codes (m: 127), not 0 / 0 = NaN's code 0.
+            std::fill(x.g0.begin(), x.g0.begin() + 256, 0.0f);
+            x.ma[0] = x.va[0] = 0.0f;
+            // Block 1: a NaN gradient (NonFinite::Propagate): absmax NaN, every code 0.
+            x.g0[256 + 5] = to_f<P>(from_f<P>(std::numeric_limits<float>::quiet_NaN()));
+            // Block 2: a finite huge gradient: v = (1 - beta2) g^2 overflows to +inf (f16:
+            // the gradient itself is inf): the absmax saturates, the block stays finite.
+            x.g0[512 + 3] = to_f<P>(from_f<P>(1e22f));
+            // Block 3: m ~ -FLT_MAX, g ~ 3e38: g - m overflows, m = +inf: the top code.
+            x.ma[3] = std::numeric_limits<float>::max();
+            x.mc[768 + 1] = 0;
+            x.g0[768 + 1] = to_f<P>(from_f<P>(3e38f));
+        }
         ts.push_back(x);
     }
     // Device copies (host memory: the stand-in runs kernels on the host).
@@ -190,11 +223,21 @@ static void run(const char* name, void (*kernel)(const Entry*, const uint32_t*, 
                     pv = k.decay * old - k.step_size * mi;
                 }
                 m.push_back(mi); v.push_back(vi); pn.push_back(pv); olds.push_back(old);
-                am = std::max(am, std::fabs(mi));
-                av = std::max(av, std::fabs(vi));
+                am = ref_max(am, std::fabs(mi));
+                av = ref_max(av, std::fabs(vi));
             }
-            CHECK(ma[t][b] == am && va[t][b] == av, "%s upd %d tensor %zu block %llu: absmax %g %g, want %g %g",
-                  name, update, t, (unsigned long long)b, ma[t][b], va[t][b], am, av);
+            am = ref_saturate(am);
+            av = ref_saturate(av);
+            if (t == 4 && update != 2) {
+                // The planted cases hold: zero block (absmax 0), NaN block, saturated blocks.
+                CHECK(b != 0 || (am == 0.0f && av == 0.0f), "%s: tensor 4 block 0 not zero", name);
+                CHECK(b != 1 || (am != am && av != av), "%s: tensor 4 block 1 not NaN", name);
+                CHECK(b != 2 || av == std::numeric_limits<float>::max(), "%s: block 2: av %g", name, av);
+                CHECK(b != 3 || am == std::numeric_limits<float>::max(), "%s: block 3: am %g", name, am);
+            }
+            CHECK(memcmp(&ma[t][b], &am, 4) == 0 && memcmp(&va[t][b], &av, 4) == 0, "%s upd %d tensor %zu block %llu: absmax %g %g (%08x %08x), want %g %g (%08x %08x)",
+                  name, update, t, (unsigned long long)b, ma[t][b], va[t][b], fbits(ma[t][b]), fbits(va[t][b]),
+                  am, av, fbits(am), fbits(av));
             for (uint64_t i = b0; i < e; i++) {
                 const uint8_t cm = ref_code(smap, am == 0.0f ? 0.0f : m[i - b0] / am);
                 const uint8_t cv = ref_code(umap, av == 0.0f ? 0.0f : v[i - b0] / av);

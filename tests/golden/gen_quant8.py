@@ -11,6 +11,9 @@ result, f32 values stored as f32 (bit-exact), codes as u8:
     magnitudes) and, per map, ``q.{signed,unsigned}.codes`` / ``.absmax`` / ``.deq``: its
     block-wise quantization (block 256: absmax = max |x|, code = nearest map entry to x / absmax,
     ties to the lower code) and dequantization (map[code] * absmax);
+  * ``qi.x``: two blocks with +-inf (absmax saturated to f32::MAX: +inf gets the top code,
+    -inf the bottom one, every finite element stays finite) and one block with a NaN (absmax
+    NaN, every code 0), quantized and dequantized per map as ``q.x`` (``qi.{map}.*``);
   * for each case in CASES (``step.CASE.*``): parameters ``p``, gradient ``g`` and 8-bit moments
     ``m_codes``, ``m_absmax``, ``v_codes``, ``v_absmax`` (quantized from known f32 moments), the
     f32 step scalars used (``scalars``: one_minus_beta1, beta2, one_minus_beta2, step_size, eps,
@@ -33,6 +36,7 @@ from safetensors.numpy import save_file
 HERE = os.path.dirname(os.path.abspath(__file__))
 BLOCK = 256
 f32 = np.float32
+FMAX = np.finfo(np.float32).max
 DECADES = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 
 
@@ -69,6 +73,8 @@ def quantize(mp, x):
     for s in range(0, len(x), BLOCK):
         blk = x[s : s + BLOCK]
         a = f32(np.max(np.abs(blk))) if len(blk) else f32(0)
+        if a > FMAX:  # an overflowed moment: saturate (NaN stays NaN)
+            a = FMAX
         absmax.append(a)
         for i, e in enumerate(blk):
             y = f32(0) if a == 0 else f32(e / a)
@@ -117,8 +123,10 @@ def step(p, g, m, v, k, update):
     return p.astype(f32), m.astype(f32), v.astype(f32)
 
 
-# (name, t, weight_decay, decoupled): step 6 is rectified for beta2 = 0.999, step 1 is SGD.
-CASES = [("adaptive", 6, 0.01, False), ("sgd", 1, 0.1, True)]
+# (name, t, weight_decay, decoupled): step 6 is rectified for beta2 = 0.999, step 1 is SGD;
+# "overflow" is "adaptive" with huge gradients at two elements, whose v overflows to +inf (the
+# absmax saturates: their blocks stay finite; a +-inf m is in ``qi.x``).
+CASES = [("adaptive", 6, 0.01, False), ("sgd", 1, 0.1, True), ("overflow", 6, 0.01, False)]
 N_STEP = 4096 + 300  # 17 full blocks and a partial one
 
 
@@ -139,12 +147,20 @@ def main():
         a, b = sm[100 + i], sm[101 + i]
         x[4 * BLOCK + i] = f32((a + b) / f32(2))
     out["q.x"] = x
-    for name, mp in maps.items():
-        xs = np.abs(x) if name == "unsigned" else x
-        codes, absmax = quantize(mp, xs)
-        out[f"q.{name}.codes"] = codes
-        out[f"q.{name}.absmax"] = absmax
-        out[f"q.{name}.deq"] = dequantize(mp, codes, absmax)
+    # Non-finite blocks (their own generator: the other arrays stay bit-identical).
+    xi = (np.random.default_rng(13).standard_normal(3 * BLOCK) * 0.01).astype(f32)
+    xi[7], xi[100] = np.inf, -np.inf
+    xi[BLOCK + 9] = -np.inf
+    xi[2 * BLOCK + 4] = np.nan
+    out["qi.x"] = xi
+    for pre, arr in (("q", x), ("qi", xi)):
+        for name, mp in maps.items():
+            xs = np.abs(arr) if name == "unsigned" else arr
+            codes, absmax = quantize(mp, xs)
+            out[f"{pre}.{name}.codes"] = codes
+            out[f"{pre}.{name}.absmax"] = absmax
+            with np.errstate(invalid="ignore"):
+                out[f"{pre}.{name}.deq"] = dequantize(mp, codes, absmax)
 
     for case, t, wd, decoupled in CASES:
         n = N_STEP
@@ -155,12 +171,16 @@ def main():
         v0 = ((rng.standard_normal(n) * scale * 0.01) ** 2).astype(f32)
         m0[:BLOCK] = 0  # the first block starts from zero moments
         v0[:BLOCK] = 0
+        if case == "overflow":
+            g[3] = f32(1e22)  # v = (1 - beta2) g^2 overflows to +inf: update 0
+            g[2 * BLOCK + 5] = f32(-3e21)
         mc, ma = quantize(maps["signed"], m0)
         vc, va = quantize(maps["unsigned"], v0)
         k, update = scalars(1e-3, 0.9, 0.999, 1e-8, wd, decoupled, t)
         m = dequantize(maps["signed"], mc, ma)
         v = dequantize(maps["unsigned"], vc, va)
-        p1, m1, v1 = step(p.copy(), g, m, v, k, update)
+        with np.errstate(over="ignore", invalid="ignore"):
+            p1, m1, v1 = step(p.copy(), g, m, v, k, update)
         mc1, ma1 = quantize(maps["signed"], m1)
         vc1, va1 = quantize(maps["unsigned"], v1)
         pre = f"step.{case}."
