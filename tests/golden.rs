@@ -11,81 +11,12 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
+use common::cases::{Case, Cases, Hp, MultiCase, MultiVar};
 use common::{dtype, hash_tensor, max_ulps, worst};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Hp {
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    decoupled_weight_decay: bool,
-    degenerate_to_sgd: bool,
-    rectify: bool,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    reference: String,
-    dtype: String,
-    n: usize,
-    steps: u64,
-    seed: u64,
-    grad_scale: f32,
-    grad_offset: f32,
-    hp: Hp,
-}
-
-#[derive(Deserialize)]
-struct Cases {
-    cases: Vec<Case>,
-    multi_cases: Vec<MultiCase>,
-}
-
-/// A case with several variables, param groups and missing gradients (`run_multi` in the
-/// generator).
-#[derive(Deserialize)]
-struct MultiCase {
-    name: String,
-    dtype: String,
-    vars: Vec<MultiVar>,
-    steps: u64,
-    hp: Hp,
-    groups: Vec<MultiGroup>,
-    /// Steps on which a var has a gradient (absent: every step).
-    grads: HashMap<String, Vec<u64>>,
-    grad_scale: f32,
-    grad_offset: f32,
-}
-
-#[derive(Deserialize)]
-struct MultiVar {
-    name: String,
-    n: usize,
-    seed: Option<u64>,
-    init: Option<f32>,
-    grad: Option<f32>,
-}
-
-#[derive(Deserialize)]
-struct MultiGroup {
-    name: String,
-    vars: Vec<String>,
-    lr_scale: Option<f64>,
-    beta1: Option<f64>,
-    beta2: Option<f64>,
-    eps: Option<f64>,
-    weight_decay: Option<f64>,
-}
 
 fn load_all() -> (Cases, HashMap<String, Tensor>) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    let cases: Cases =
-        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap())
-            .unwrap();
+    let cases = common::cases::load();
     let golden =
         candle_core::safetensors::load(format!("{dir}/golden.safetensors"), &Device::Cpu).unwrap();
     (cases, golden)

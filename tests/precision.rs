@@ -8,8 +8,8 @@ mod common;
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam, Rounding, StateFormat};
+use common::cases::{Cases, Hp, MultiVar};
 use common::{bits, hash_tensor};
-use serde::Deserialize;
 
 const MODES: [Rounding; 4] =
     [Rounding::Nearest, Rounding::Remainder, Rounding::Kahan, Rounding::Stochastic { seed: 7 }];
@@ -126,70 +126,6 @@ fn kahan_and_stochastic_follow_f32_on_the_constant_gradient() {
     }
 }
 
-#[derive(Deserialize)]
-struct Hp {
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    decoupled_weight_decay: bool,
-    degenerate_to_sgd: bool,
-    rectify: bool,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    dtype: String,
-    n: usize,
-    steps: u64,
-    seed: u64,
-    grad_scale: f32,
-    grad_offset: f32,
-    hp: Hp,
-}
-
-/// A golden case with several variables, parameter groups and missing gradients.
-#[derive(Deserialize)]
-struct MultiCase {
-    name: String,
-    dtype: String,
-    vars: Vec<MultiVar>,
-    steps: u64,
-    hp: Hp,
-    groups: Vec<MultiGroup>,
-    grads: std::collections::HashMap<String, Vec<u64>>,
-    grad_scale: f32,
-    grad_offset: f32,
-}
-
-#[derive(Deserialize)]
-struct MultiVar {
-    name: String,
-    n: usize,
-    seed: Option<u64>,
-    init: Option<f32>,
-    grad: Option<f32>,
-}
-
-#[derive(Deserialize)]
-struct MultiGroup {
-    name: String,
-    vars: Vec<String>,
-    lr_scale: Option<f64>,
-    beta1: Option<f64>,
-    beta2: Option<f64>,
-    eps: Option<f64>,
-    weight_decay: Option<f64>,
-}
-
-#[derive(Deserialize)]
-struct Cases {
-    cases: Vec<Case>,
-    multi_cases: Vec<MultiCase>,
-}
-
 impl Hp {
     fn params(&self, rounding: Rounding) -> ParamsRAdam {
         ParamsRAdam {
@@ -208,8 +144,7 @@ impl Hp {
 }
 
 fn golden_cases() -> Cases {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap()).unwrap()
+    common::cases::load()
 }
 
 /// The multi-variable f32 golden cases (groups, gradients missing on some steps): the bf16 +

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cases;
+
 use candle_core::{DType, Device, Result, Tensor};
 
 /// f32 values in `[-scale, scale] + offset` from a 32-bit integer hash, computed with f32
