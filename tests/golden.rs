@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam};
-use common::cases::{Case, Cases, Hp, MultiCase, MultiVar};
+use common::cases::{Case, Cases, MultiCase, MultiVar};
 use common::{dtype, hash_tensor, max_ulps, worst};
 
 fn load_all() -> (Cases, HashMap<String, Tensor>) {
@@ -57,22 +57,6 @@ fn check(what: &str, ours: &Tensor, want: &Tensor) -> f64 {
                 at(want)
             );
             w
-        }
-    }
-}
-
-impl Hp {
-    fn params(&self) -> ParamsRAdam {
-        ParamsRAdam {
-            lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            decoupled_weight_decay: self.decoupled_weight_decay,
-            degenerate_to_sgd: self.degenerate_to_sgd,
-            rectify: self.rectify,
-            ..Default::default()
         }
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_radam::{ParamGroup, ParamsRAdam, RAdam, Rounding, StateFormat};
-use common::cases::{Cases, Hp, MultiVar};
+use common::cases::{Cases, MultiVar};
 use common::{bits, hash_tensor};
 
 const MODES: [Rounding; 4] =
@@ -126,23 +126,6 @@ fn kahan_and_stochastic_follow_f32_on_the_constant_gradient() {
     }
 }
 
-impl Hp {
-    fn params(&self, rounding: Rounding) -> ParamsRAdam {
-        ParamsRAdam {
-            lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            decoupled_weight_decay: self.decoupled_weight_decay,
-            degenerate_to_sgd: self.degenerate_to_sgd,
-            rectify: self.rectify,
-            rounding,
-            ..Default::default()
-        }
-    }
-}
-
 fn golden_cases() -> Cases {
     common::cases::load()
 }
@@ -197,14 +180,15 @@ fn remainder_matches_f32_on_every_multi_variable_golden_case() {
                 )
             })
             .collect();
-        let mut o32 = RAdam::new_named(v32.clone(), c.hp.params(Rounding::Nearest))
-            .unwrap()
-            .with_groups(groups())
-            .unwrap();
-        let mut o16 = RAdam::new_named(v16.clone(), c.hp.params(Rounding::Remainder))
-            .unwrap()
-            .with_groups(groups())
-            .unwrap();
+        let mut o32 =
+            RAdam::new_named(v32.clone(), c.hp.params()).unwrap().with_groups(groups()).unwrap();
+        let mut o16 = RAdam::new_named(
+            v16.clone(),
+            ParamsRAdam { rounding: Rounding::Remainder, ..c.hp.params() },
+        )
+        .unwrap()
+        .with_groups(groups())
+        .unwrap();
         for v in &c.vars {
             o16.set_master_weights(&v.name, &value(v, 0)).unwrap();
         }
@@ -246,7 +230,7 @@ fn remainder_matches_f32_on_every_f32_golden_case() {
     for (c, format) in
         cases.cases.iter().filter(|c| c.dtype == "f32").flat_map(|c| FORMATS.map(|f| (c, f)))
     {
-        let p = c.hp.params(Rounding::Nearest);
+        let p = c.hp.params();
         let init = hash_tensor(c.n, c.seed, 0, DType::F32, 1.0, 0.0, &dev).unwrap();
         let (v32, o32) = one(&init, p.clone()).unwrap();
         let mut o32 = o32.with_state_format(format).unwrap();

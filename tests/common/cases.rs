@@ -1,6 +1,7 @@
 //! The golden cases of `tests/golden/cases.json` (written by `tests/golden/gen_golden.py`), as
 //! `tests/golden.rs` and `tests/precision.rs` read them.
 
+use candle_radam::ParamsRAdam;
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -69,6 +70,23 @@ pub struct MultiGroup {
     pub beta2: Option<f64>,
     pub eps: Option<f64>,
     pub weight_decay: Option<f64>,
+}
+
+impl Hp {
+    /// The case's hyper-parameters, every other field at its default.
+    pub fn params(&self) -> ParamsRAdam {
+        ParamsRAdam {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+            degenerate_to_sgd: self.degenerate_to_sgd,
+            rectify: self.rectify,
+            ..Default::default()
+        }
+    }
 }
 
 /// `tests/golden/cases.json`.
